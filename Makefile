@@ -1,0 +1,29 @@
+# rbench: the two commands a newcomer needs are `make setup` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-fast lint format bench leaderboard clean
+
+setup:  ## create .venv and install rbench with its test tools at the tested versions
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	@$(BIN)/rbench --version
+
+test: lint  ## lint, then every CPU test (what CI runs)
+	$(BIN)/pytest -m "not gpu" -q
+
+test-fast: lint  ## lint, then the tests that need no training
+	$(BIN)/pytest -m "not gpu and not slow" -q
+
+lint:
+	$(BIN)/ruff check bench methods tests
+	$(BIN)/ruff format --check bench methods tests
+
+format:
+	$(BIN)/ruff check --fix bench methods tests
+	$(BIN)/ruff format bench methods tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

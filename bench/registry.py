@@ -1,0 +1,166 @@
+"""The method registry: `@register_method` on a class in `methods/`, and discovery of external
+packages through the entry-point group `rbench.methods`.
+
+A method is a class with a name, a citation, a kind, a `Config` dataclass holding the paper's
+defaults, and `compress(model, budget, ctx) -> nn.Module`. The harness builds the budget and ctx;
+the method never sees the CLI, the evaluator or the leaderboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import ClassVar
+
+from rbench.errors import RbenchError, nearest
+from torch import nn
+
+KINDS = ("dense", "unstructured", "structured", "low-rank")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyperparameters. `variant` picks the training protocol:
+    "harness" adapts the paper to the common adversarial protocol and budget; "paper" keeps the
+    paper's own training so its published numbers can be checked."""
+
+    variant: str = "harness"
+
+
+class Method:
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    citation: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    variants: ClassVar[tuple[str, ...]] = ("harness",)
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to the registry under `cls.name`."""
+    for attr in ("name", "kind", "citation"):
+        if not getattr(cls, attr, None):
+            raise TypeError(f"method class {cls.__name__} needs a '{attr}'")
+    if cls.kind not in KINDS:
+        raise TypeError(f"method '{cls.name}': kind must be one of {KINDS}")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
+        raise TypeError(f"method '{cls.name}': Config must be a dataclass deriving MethodConfig")
+    existing = METHODS.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"method name '{cls.name}' is registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+_loaded = False
+
+
+def load_methods() -> dict[str, type[Method]]:
+    """Import every module of `rbench.methods` and every `rbench.methods` entry point."""
+    global _loaded
+    if not _loaded:
+        import rbench.methods as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"rbench.methods.{info.name}")
+        for ep in entry_points(group="rbench.methods"):
+            try:
+                loaded = ep.load()
+            except Exception as exc:  # a broken plugin must not take rbench down with it
+                raise RbenchError(
+                    f"the method plugin '{ep.name}' ({ep.value}) failed to import: {exc}"
+                ) from None
+            if isinstance(loaded, type) and issubclass(loaded, Method):
+                register_method(loaded)
+        _loaded = True
+    return METHODS
+
+
+def get_method(name: str) -> type[Method]:
+    methods = load_methods()
+    if name not in methods:
+        raise RbenchError(f"unknown method '{name}'{nearest(name, sorted(methods))}")
+    return methods[name]
+
+
+def _coerce(value: str, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise RbenchError(f"--opt {key}={value}: choose one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() == "none":
+            return None
+        return _coerce(value, args[0], key)
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(value)
+        if annotation is float:
+            import math
+
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+    except ValueError:
+        raise RbenchError(f"--opt {key}={value}: expected a {annotation.__name__}") from None
+    return value
+
+
+def make_config(method: type[Method], opts: dict[str, str]) -> MethodConfig:
+    """The method's Config with `--opt key=value` overrides, typed by the dataclass fields."""
+    fields = {f.name: f for f in dataclasses.fields(method.Config)}
+    hints = typing.get_type_hints(method.Config)
+    values = {}
+    for key, raw in opts.items():
+        if key not in fields:
+            raise RbenchError(
+                f"method '{method.name}' has no option '{key}'{nearest(key, list(fields))}; "
+                f"its options are {', '.join(fields)}"
+            )
+        values[key] = _coerce(raw, hints[key], key)
+    config = method.Config(**values)
+    if config.variant not in method.variants:
+        raise RbenchError(
+            f"method '{method.name}' has no variant '{config.variant}'; "
+            f"choose {', '.join(method.variants)}"
+        )
+    return config
+
+
+def nondefault(config: MethodConfig) -> dict:
+    """The fields that differ from the defaults: what a cache key hashes (OpenLTH's rule, so a new
+    option with a no-op default keeps old results valid)."""
+    default = type(config)()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }

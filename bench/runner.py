@@ -1,0 +1,439 @@
+"""The pipeline: dense model (cached) -> compress -> verify budget -> evaluate -> diagnose ->
+record. Each stage is cached under a content hash of its inputs and skipped when its artifact
+exists; dense training resumes from its last epoch checkpoint, evaluation from its last finished
+attack. The record is written only after every stage succeeded, atomically."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rbench import evaluate as ev
+from rbench.budget import Budget, ComputeMeter, measure_compression, verify_ratio
+from rbench.checkpoint import (
+    load_model_tensors,
+    load_state,
+    model_tensors,
+    optimizer_tensors,
+    read_checkpoint,
+    restore_optimizer,
+)
+from rbench.context import Context
+from rbench.data import BatchLoader, DataSplits, load_data
+from rbench.errors import RbenchError
+from rbench.layers import finalize, rebuild, structure_of
+from rbench.models import build_model
+from rbench.records import build_record, record_path, validate_record, write_record
+from rbench.registry import get_method, make_config, nondefault
+from rbench.store import CorruptArtifact, Store, content_hash, sha256_file
+from rbench.suites import DEFAULT_SUITE, Suite, get_suite
+from rbench.train import fit
+from torch import nn
+
+# Bump when a stage's code changes what it produces: old cache entries are then not reused.
+STAGE_VERSIONS = {"dense": 1, "compress": 1, "evaluate": 1}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RBENCH_CACHE", Path.home() / ".cache" / "rbench"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    ratio: float
+    suite: str = DEFAULT_SUITE
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    opts: tuple[tuple[str, str], ...] = ()
+    protocol: str | None = None
+    epochs: float | None = None  # compression budget override, AT-epochs
+    dense_checkpoint: str | None = None
+    results_dir: str = "results"
+    cache_dir: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Stages:
+    """What happened in each stage, for the record and for the user."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RbenchError("--device cuda was asked for but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise RbenchError(f"unknown device '{name}' (choose auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def check_ratio(ratio: float) -> None:
+    if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+        raise RbenchError(f"--ratio must be a finite number >= 1, got {ratio}")
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".rbench-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RbenchError(f"cannot write to '{directory}' ({exc.strerror or exc})") from None
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        check_ratio(cfg.ratio)
+        if not 0 <= cfg.seed < 2**31:
+            raise RbenchError(f"--seed must be between 0 and 2^31-1, got {cfg.seed}")
+        if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs >= 0):
+            raise RbenchError(f"--epochs must be a finite number >= 0, got {cfg.epochs}")
+        self.suite: Suite = get_suite(cfg.suite)
+        self.method_cls = get_method(cfg.method)
+        self.config = make_config(self.method_cls, dict(cfg.opts))
+        self.protocol = self.suite.protocol(cfg.protocol)
+        self.device = resolve_device(cfg.device)
+        self.store = Store(cfg.cache_dir or default_cache_dir())
+        self.results_dir = Path(cfg.results_dir)
+        check_writable(self.results_dir)
+        check_writable(self.store.root)
+        self.stages = Stages()
+        self.budget = Budget(
+            ratio=float(cfg.ratio),
+            epochs=self.suite.compress_epochs if cfg.epochs is None else float(cfg.epochs),
+        )
+
+    # -------------------------------------------------------------- helpers
+    def say(self, message: str) -> None:
+        if not self.cfg.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def new_model(self) -> nn.Module:
+        info = self.suite.data
+        return build_model(self.suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
+
+    def _timed(self, stage: str, fn):
+        start = time.perf_counter()
+        out = fn()
+        self.stages.timings[stage] = round(time.perf_counter() - start, 3)
+        return out
+
+    # -------------------------------------------------------------- stages
+    def run(self) -> dict:
+        data = self._timed("data", lambda: load_data(self.suite.dataset, self.cfg.data_root))
+        on_device = DataSplits(
+            data.info,
+            data.train.to(self.device),
+            data.val.to(self.device),
+            data.test.to(self.device),
+        )
+        dense = self._timed("dense", lambda: self.dense_model(on_device))
+        compressed, meta = self._timed("compress", lambda: self.compress(dense, on_device))
+        compression = measure_compression(dense, compressed, self.suite.data.input_shape)
+        verify_ratio(compression, self.budget.ratio, self.method_cls.name)
+        metrics, flags = self._timed("evaluate", lambda: self.evaluate(compressed, on_device))
+        diagnostics = self._timed("diagnose", lambda: self.diagnose(compressed))
+        record = build_record(
+            runner=self,
+            compression=compression,
+            compress_meta=meta,
+            metrics=metrics,
+            flags=flags,
+            diagnostics=diagnostics,
+            data=data,
+        )
+        validate_record(record)
+        path = record_path(self.results_dir, record)
+        write_record(path, record)
+        record["_path"] = str(path)
+        return record
+
+    def dense_key(self) -> str:
+        if self.cfg.dense_checkpoint:
+            digest = sha256_file(Path(self.cfg.dense_checkpoint).expanduser())
+            return content_hash(
+                {"checkpoint": digest, "arch": self.suite.arch, "dataset": self.suite.dataset}
+            )
+        s = self.suite
+        return content_hash(
+            {
+                "stage": STAGE_VERSIONS["dense"],
+                "suite": s.name,
+                "version": s.version,
+                "dataset": s.dataset,
+                "arch": s.arch,
+                "threat": asdict(s.threat),
+                "recipe": asdict(s.dense),
+                "seed": self.cfg.seed,
+            }
+        )
+
+    def dense_model(self, data: DataSplits) -> nn.Module:
+        """The suite's adversarially trained dense model: from the cache, from the user's
+        checkpoint, or trained now (resuming from the last finished epoch)."""
+        if self.cfg.dense_checkpoint:
+            read_checkpoint(self.cfg.dense_checkpoint)  # clear error before hashing a bad path
+        key = self.stages.keys["dense"] = self.dense_key()
+        model = self.new_model()
+        with self.store.lock("dense", key):
+            if self.store.has("dense", key):
+                try:
+                    _, tensors = self.store.load("dense", key)
+                    load_model_tensors(model, tensors, "the cached dense model")
+                    self.stages.cached["dense"] = True
+                    self.say(
+                        f"dense model: reusing the cached one ({self.store.dir('dense', key)})"
+                    )
+                    return model.to(self.device).eval()
+                except CorruptArtifact as exc:
+                    self.say(f"dense model: cache entry is corrupt ({exc}); training it again")
+                    self.store.discard("dense", key)
+            self.stages.cached["dense"] = False
+            if self.cfg.dense_checkpoint:
+                state = read_checkpoint(self.cfg.dense_checkpoint)
+                load_state(
+                    model,
+                    _strip_model_prefix(state, model),
+                    f"checkpoint '{self.cfg.dense_checkpoint}'",
+                )
+                meta = {"source": "checkpoint", "path": str(self.cfg.dense_checkpoint)}
+            else:
+                meta = self._train_dense(model, data, key)
+            self.store.save("dense", key, meta, model_tensors(model))
+        return model.to(self.device).eval()
+
+    def _train_dense(self, model: nn.Module, data: DataSplits, key: str) -> dict:
+        recipe, s = self.suite.dense, self.suite
+        torch.manual_seed(self.cfg.seed)
+        model = model.to(self.device)
+        # re-initialise from the seed so the init does not depend on what ran before
+        model.load_state_dict(self.new_model().state_dict())
+        loader = BatchLoader(
+            data.train, recipe.batch_size, shuffle=True, seed=self.cfg.seed, augment=recipe.augment
+        )
+        attack = recipe.attack.pgd(s.threat)
+        meter = ComputeMeter(len(data.train), attack.steps)
+        from rbench.train import make_optimizer
+
+        optimizer = make_optimizer(
+            model.parameters(), recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
+        )
+        partial = f"{key}-partial"
+        start = 0
+        if self.store.has("dense", partial):
+            try:
+                pmeta, tensors = self.store.load("dense", partial)
+                load_model_tensors(model, tensors, "the dense training checkpoint")
+                restore_optimizer(optimizer, tensors, pmeta["optimizer"])
+                start, meter.passes = pmeta["epoch"] + 1, pmeta["passes"]
+                self.say(f"dense model: resuming training at epoch {start + 1}/{recipe.epochs}")
+            except (CorruptArtifact, RbenchError, KeyError, ValueError) as exc:
+                self.say(f"dense model: ignoring an unusable training checkpoint ({exc})")
+                start = 0
+        if start == 0:
+            self.say(
+                f"dense model: adversarial training, {recipe.epochs} epochs "
+                f"(PGD-{attack.steps}, {s.threat})"
+            )
+
+        def checkpoint(epoch: int, stats: dict) -> None:
+            tensors, ometa = optimizer_tensors(optimizer)
+            self.store.save(
+                "dense",
+                partial,
+                {"epoch": epoch, "passes": meter.passes, "optimizer": ometa},
+                {**model_tensors(model), **tensors},
+            )
+            self.say(
+                f"  dense epoch {epoch + 1}/{recipe.epochs}: loss {stats['loss']:.3f}, "
+                f"adversarial train acc {stats['accuracy']:.3f}"
+            )
+
+        fit(
+            model,
+            loader,
+            attack=attack,
+            meter=meter,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
+            optimizer=optimizer,
+            schedule=recipe.schedule,
+            loss="adv",
+            seed=self.cfg.seed,
+            eps_ramp=recipe.eps_ramp,
+            on_epoch_end=checkpoint,
+            start_epoch=start,
+        )
+        self.store.discard("dense", partial)
+        return {"source": "trained", "epochs": recipe.epochs, "compute_epochs": meter.used_epochs}
+
+    def compress_key(self) -> str:
+        m = self.method_cls
+        return content_hash(
+            {
+                "stage": STAGE_VERSIONS["compress"],
+                "dense": self.stages.keys["dense"],
+                "method": m.name,
+                "config": nondefault(self.config),
+                "ratio": self.budget.ratio,
+                "epochs": self.budget.epochs,
+                "seed": self.cfg.seed,
+            }
+        )
+
+    def compress(self, dense: nn.Module, data: DataSplits) -> tuple[nn.Module, dict]:
+        key = self.stages.keys["compress"] = self.compress_key()
+        with self.store.lock("compress", key):
+            if self.store.has("compress", key):
+                try:
+                    meta, tensors = self.store.load("compress", key)
+                    model = rebuild(self.new_model(), meta["structure"])
+                    load_model_tensors(model, tensors, "the cached compressed model")
+                    self.stages.cached["compress"] = True
+                    self.say(f"compress: reusing the cached result of '{self.method_cls.name}'")
+                    return model.to(self.device).eval(), meta
+                except (CorruptArtifact, RbenchError) as exc:
+                    self.say(f"compress: cache entry unusable ({exc}); compressing again")
+                    self.store.discard("compress", key)
+            self.stages.cached["compress"] = False
+            meter = ComputeMeter(
+                len(data.train), self.suite.dense.attack.steps, limit_epochs=self.budget.epochs
+            )
+            ctx = Context(
+                suite=self.suite,
+                data=data,
+                device=self.device,
+                seed=self.cfg.seed,
+                budget=self.budget,
+                meter=meter,
+                quiet=self.cfg.quiet,
+            )
+            self.say(
+                f"compress: {self.method_cls.name} to ratio {self.budget.ratio:g} "
+                f"within {self.budget.epochs:g} AT-epochs"
+            )
+            torch.manual_seed(self.cfg.seed)
+            method = self.method_cls(self.config)
+            result = method.compress(copy.deepcopy(dense), self.budget, ctx)
+            if not isinstance(result, nn.Module):
+                raise RbenchError(
+                    f"method '{self.method_cls.name}' returned "
+                    f"{type(result).__name__}, not a torch module"
+                )
+            model = finalize(result).to(self.device).eval()
+            meta = {
+                "structure": structure_of(model),
+                "compute_epochs": meter.used_epochs,
+                "method_report": ctx.report,
+            }
+            meta = self.store.save("compress", key, meta, model_tensors(model))
+        return model, meta
+
+    def evaluate_key(self) -> str:
+        return content_hash(
+            {
+                "stage": STAGE_VERSIONS["evaluate"],
+                "compress": self.stages.keys["compress"],
+                "protocol": asdict(self.protocol),
+                "threat": asdict(self.suite.threat),
+                "seed": self.cfg.seed,
+            }
+        )
+
+    def _cached_attack(self, name: str, compute):
+        """One attack's per-point result, cached on its own so a killed evaluation resumes."""
+        key = f"{self.stages.keys['evaluate']}-{name}"
+        if self.store.has("evaluate", key):
+            try:
+                meta, tensors = self.store.load("evaluate", key)
+                return tensors["correct"].bool(), meta.get("flags", {})
+            except (CorruptArtifact, KeyError):
+                self.store.discard("evaluate", key)
+        self.say(f"evaluate: {name}")
+        correct, flags = compute()
+        self.store.save("evaluate", key, {"flags": flags}, {"correct": correct.to(torch.uint8)})
+        return correct, flags
+
+    def evaluate(self, model: nn.Module, data: DataSplits) -> tuple[dict, dict]:
+        self.stages.keys["evaluate"] = self.evaluate_key()
+        threat, protocol, device, seed = (
+            self.suite.threat,
+            self.protocol,
+            self.device,
+            self.cfg.seed,
+        )
+        points = data.test.head(protocol.n_eval)
+        clean, _ = self._cached_attack(
+            "clean", lambda: (ev.clean_correct(model, data.test, device), {})
+        )
+        pgd, _ = self._cached_attack(
+            "pgd", lambda: (ev.pgd_correct(model, points, threat, protocol.pgd, device, seed), {})
+        )
+        aa, aa_flags = self._cached_attack(
+            "autoattack",
+            lambda: ev.autoattack_correct(model, points, threat, protocol, device, seed),
+        )
+        sweep = ev.eps_monotonicity(model, points.head(100), threat, device, seed)
+        clean_points = clean[: len(points)].float().mean().item()
+        flags = {
+            **aa_flags,
+            **ev.sanity_flags(
+                clean_points, pgd.float().mean().item(), aa.float().mean().item(), sweep
+            ),
+        }
+        metrics = {
+            "clean": ev.accuracy_entry(clean, split="test"),
+            "clean_eval_points": ev.accuracy_entry(clean[: len(points)]),
+            "pgd": ev.accuracy_entry(
+                pgd,
+                steps=protocol.pgd.steps,
+                restarts=protocol.pgd.restarts,
+                step_size=protocol.pgd.step_fraction * threat.eps_value,
+            ),
+            "autoattack": ev.accuracy_entry(
+                aa, version=protocol.autoattack, attacks=list(protocol.attacks)
+            ),
+            "eps_sweep_pgd10": sweep,
+            "eval_ids": {
+                "split": "test",
+                "first": len(points),
+                "ids_sha256": content_hash(points.ids.cpu().tolist(), 64),
+            },
+        }
+        return metrics, flags
+
+    def diagnose(self, model: nn.Module) -> dict:
+        try:
+            from rbench.spectral import diagnose
+        except ImportError:
+            return {}
+        return diagnose(model, self.suite.data.input_shape)
+
+
+def _strip_model_prefix(state: dict, model: nn.Module) -> dict:
+    """Accept state dicts saved from the full Classifier or from its bare network."""
+    own = model.state_dict()
+    if set(state) <= set(own):
+        return state
+    prefixed = {f"net.{k}": v for k, v in state.items()}
+    missing_norm = {k: own[k] for k in own if k.startswith("normalize.")}
+    return {**missing_norm, **prefixed} if set(prefixed) <= set(own) else state
+
+
+def run(cfg: RunConfig) -> dict:
+    return Runner(cfg).run()

@@ -1,0 +1,1 @@
+"""Compression methods, one file each, registered with `@register_method` (see CONTRIBUTING.md)."""

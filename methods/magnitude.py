@@ -1,0 +1,65 @@
+"""LWM: one-shot layer-wise magnitude pruning, then adversarial fine-tuning with the mask fixed.
+
+The "LWM" baseline of HYDRA (Sehwag et al., NeurIPS 2020, section 6.3 of methods.md), in the style
+of Sehwag et al. 2019: prune the adversarially trained dense model once to a uniform per-layer
+density 1/B by |w|, then fine-tune the survivors with the suite's adversarial loss.
+
+Paper defaults: fine-tune 100 epochs, SGD lr 0.01 cosine, momentum 0.9, wd 1e-4 (HYDRA code path).
+Harness variant: the same recipe compressed into the harness budget (all of `budget.epochs`).
+The "paper" variant keeps HYDRA's TRADES loss; the "harness" variant uses the suite's PGD-AT loss.
+Same criterion as `lth-adv`, without rewinding or iteration: its natural control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rbench.budget import Budget
+from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
+from rbench.registry import Method, MethodConfig, register_method
+from rbench.train import StepHooks
+from torch import nn
+
+
+@dataclass
+class MagnitudeConfig(MethodConfig):
+    variant: Literal["harness", "paper"] = "harness"
+    scope: Literal["layer", "global"] = "layer"  # HYDRA's LWM: layer-wise uniform
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int | None = None  # None: the suite's
+
+
+@register_method
+class Magnitude(Method):
+    """One-shot magnitude pruning + adversarial fine-tuning (LWM, the HYDRA paper's baseline)."""
+
+    name = "magnitude"
+    kind = "unstructured"
+    citation = (
+        "Sehwag, Wang, Mittal, Jana, HYDRA: Pruning Adversarially Robust Neural Networks, "
+        "NeurIPS 2020 (LWM baseline)"
+    )
+    Config = MagnitudeConfig
+    variants = ("harness", "paper")
+
+    def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
+        cfg = self.config
+        masks = magnitude_masks(model, budget.ratio, scope=cfg.scope)
+        apply_masks(model, masks)
+        loss = "trades" if cfg.variant == "paper" else "adv"
+        ctx.fit(
+            model,
+            epochs=ctx.affordable_epochs(loss=loss),
+            lr=cfg.lr,
+            optimizer="sgd",
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            loss=loss,
+            hooks=StepHooks(after_backward=mask_gradients, after_step=reapply_masks),
+            tag="adversarial fine-tuning",
+        )
+        return model
