@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from rbench.errors import RbenchError
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from rbench.errors import RbenchError
 
 COMPRESSIBLE = (nn.Conv2d, nn.Linear)
 

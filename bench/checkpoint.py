@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from rbench.errors import RbenchError
 from rbench.store import CorruptArtifact, load_tensors
-from torch import nn
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
+from tabulate import tabulate
+
 from rbench import __version__
 from rbench.errors import RbenchError
 from rbench.suites import DEFAULT_SUITE
-from tabulate import tabulate
 
 
 def _pct(entry: dict) -> str:

@@ -8,12 +8,13 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
 from rbench.attacks import PGD
 from rbench.budget import Budget, ComputeMeter
 from rbench.data import BatchLoader, DataSplits, Split
 from rbench.suites import Suite
 from rbench.train import LOSS_PASSES, StepHooks, fit
-from torch import nn
 
 
 @dataclass

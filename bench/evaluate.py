@@ -10,9 +10,10 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from rbench.data import Split
 from rbench.suites import AttackSpec, Protocol, ThreatModel
-from torch import nn
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -10,14 +10,16 @@ compressed model's `structure` (a JSON-able {path: spec}) rebuilds it exactly fr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 
 import torch
-from rbench.budget import COMPRESSIBLE, compressible_layers
-from rbench.errors import RbenchError
 from torch import nn
 from torch.nn.utils import parametrize, prune
+
+from rbench.budget import COMPRESSIBLE, compressible_layers
+from rbench.errors import RbenchError
 
 # ------------------------------------------------------------------------------ masks
 
@@ -47,9 +49,9 @@ def reapply_masks(model: nn.Module) -> None:
 
 def mask_gradients(model: nn.Module) -> None:
     for m in model.modules():
-        if hasattr(m, "weight_mask") and getattr(m, "weight_orig", None) is not None:
-            if m.weight_orig.grad is not None:
-                m.weight_orig.grad.mul_(m.weight_mask)
+        grad = getattr(getattr(m, "weight_orig", None), "grad", None)
+        if hasattr(m, "weight_mask") and grad is not None:
+            grad.mul_(m.weight_mask)
 
 
 def finalize(model: nn.Module) -> nn.Module:
@@ -152,10 +154,8 @@ def structure_of(model: nn.Module) -> dict[str, dict]:
 def rebuild(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
     """Replace the modules at the structure's paths by empty factorised layers of the recorded
     shapes, so that a saved state dict loads into the result."""
-    try:
+    with contextlib.suppress(ImportError):
         import rbench.factorised  # noqa: F401  (registers the shipped layer types)
-    except ImportError:
-        pass
     for path, spec in sorted(structure.items(), key=lambda kv: kv[0].count(".")):
         spec = dict(spec)
         kind = spec.pop("type", None)

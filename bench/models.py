@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable
 
 import torch
-from rbench.errors import RbenchError, nearest
 from torch import nn
+
+from rbench.errors import RbenchError, nearest
 
 
 class Normalize(nn.Module):

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import jsonschema
+
 from rbench import __version__
 from rbench.errors import RbenchError
 from rbench.store import atomic_write_json, content_hash

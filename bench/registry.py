@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import ClassVar
 
-from rbench.errors import RbenchError, nearest
 from torch import nn
+
+from rbench.errors import RbenchError, nearest
 
 KINDS = ("dense", "unstructured", "structured", "low-rank")
 
@@ -37,9 +38,15 @@ class Method:
     citation: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     variants: ClassVar[tuple[str, ...]] = ("harness",)
+    # paper-native robustness metrics the evaluator adds to the record (see rbench.native)
+    native_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    def check(self, model: nn.Module, budget) -> None:
+        """Raise RbenchError, before any training, if this method cannot reach `budget` on a model
+        of this architecture (`model` is untrained). The default accepts everything."""
 
     def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
         raise NotImplementedError

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from rbench import evaluate as ev
 from rbench.budget import Budget, ComputeMeter, measure_compression, verify_ratio
 from rbench.checkpoint import (
@@ -34,7 +36,6 @@ from rbench.registry import get_method, make_config, nondefault
 from rbench.store import CorruptArtifact, Store, content_hash, sha256_file
 from rbench.suites import DEFAULT_SUITE, Suite, get_suite
 from rbench.train import fit
-from torch import nn
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
 STAGE_VERSIONS = {"dense": 1, "compress": 1, "evaluate": 1}
@@ -135,6 +136,8 @@ class Runner:
 
     # -------------------------------------------------------------- stages
     def run(self) -> dict:
+        # refuse an unreachable budget before spending any compute on it
+        self.method_cls(self.config).check(self.new_model(), self.budget)
         data = self._timed("data", lambda: load_data(self.suite.dataset, self.cfg.data_root))
         on_device = DataSplits(
             data.info,
@@ -388,6 +391,14 @@ class Runner:
             "autoattack",
             lambda: ev.autoattack_correct(model, points, threat, protocol, device, seed),
         )
+        if self.method_cls.native_metrics:
+            from rbench.native import native_metrics
+
+            metrics_native = native_metrics(
+                model, points, self.method_cls.native_metrics, threat, device, seed
+            )
+        else:
+            metrics_native = {}
         sweep = ev.eps_monotonicity(model, points.head(100), threat, device, seed)
         clean_points = clean[: len(points)].float().mean().item()
         flags = {
@@ -409,6 +420,7 @@ class Runner:
                 aa, version=protocol.autoattack, attacks=list(protocol.attacks)
             ),
             "eps_sweep_pgd10": sweep,
+            "native": metrics_native,
             "eval_ids": {
                 "split": "test",
                 "first": len(points),

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from rbench.errors import RbenchError
 from safetensors.torch import load_file, save_file
+
+from rbench.errors import RbenchError
 
 
 def canonical_json(obj) -> str:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from rbench.attacks import PGD
 from rbench.budget import ComputeMeter
 from rbench.errors import RbenchError
-from torch import nn
 
 # forward-backward passes per sample of the training step itself (the attack is charged apart)
 LOSS_PASSES = {"ce": 1, "adv": 1, "mixed": 2, "trades": 2}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from rbench.budget import Budget
 from rbench.errors import RbenchError
 from rbench.registry import Method, register_method
-from torch import nn
 
 
 @register_method
@@ -18,7 +19,9 @@ class Dense(Method):
         "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
     )
 
-    def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
+    def check(self, model: nn.Module, budget: Budget) -> None:
         if budget.ratio != 1:
             raise RbenchError("the 'dense' method does not compress; run it with --ratio 1")
+
+    def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         return model

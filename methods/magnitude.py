@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from torch import nn
+
 from rbench.budget import Budget
 from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
 from rbench.registry import Method, MethodConfig, register_method
 from rbench.train import StepHooks
-from torch import nn
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Magnitude(Method):
     )
     Config = MagnitudeConfig
     variants = ("harness", "paper")
+
+    def check(self, model: nn.Module, budget: Budget) -> None:
+        magnitude_masks(model, budget.ratio, scope=self.config.scope)
 
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         cfg = self.config
