@@ -24,7 +24,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # exact ends at k = 0 and k = n (the formula gives them only up to rounding)
+    return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
 
 
 def accuracy_entry(correct: torch.Tensor, **extra) -> dict:
@@ -97,11 +98,11 @@ class _FlagHandler(logging.Handler):
     """Collects pyautoattack's warnings (its gradient-masking checks) as structured flags."""
 
     PATTERNS = {
-        "randomized": "aa_randomized_defense",
-        "softmax": "aa_softmax_output",
+        "randomized defense": "aa_randomized_defense",
+        "probability distribution": "aa_softmax_output",
         "zero gradient": "aa_zero_gradients",
-        "square": "aa_square_beats_whitebox",
-        "dynamic": "aa_dynamic_model",
+        "square attack has decreased": "aa_square_beats_whitebox",
+        "dynamic defense": "aa_dynamic_model",
         "classes": "aa_n_classes",
     }
 
