@@ -25,5 +25,8 @@ format:
 	$(BIN)/ruff check --fix bench methods tests
 	$(BIN)/ruff format bench methods tests
 
+leaderboard:  ## regenerate leaderboard/LEADERBOARD.md, CSV, JSON and plots from leaderboard/entries
+	$(BIN)/rbench leaderboard
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,257 @@
+"""The leaderboard renderer on synthetic records: grouping by suite / threat / protocol, ranking by
+AutoAttack within each ratio, seeds collapsed to mean +- std, bad records skipped one line each."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rbench.evaluate import wilson_interval
+from rbench.leaderboard import build, load_records
+from rbench.records import validate_record
+from rbench.store import content_hash
+
+
+def acc(correct: int, n: int) -> dict:
+    lo, hi = wilson_interval(correct, n)
+    return {"accuracy": correct / n, "correct": correct, "n": n, "ci95": [lo, hi]}
+
+
+def make_record(
+    method="magnitude",
+    ratio=4.0,
+    seed=0,
+    aa=50,
+    clean=90,
+    protocol="standard",
+    n_eval=100,
+    eps="0.1",
+    suite="digits",
+    cond=(3.0, 10.0),
+    used=3.9,
+    flags=None,
+    created="2026-01-01T00:00:00+00:00",
+    singular=0,
+) -> dict:
+    """A schema-valid record; `aa` and `clean` are counts out of n_eval."""
+    key = [method, ratio, seed, protocol, n_eval, eps, suite, aa, created]
+    layer = {"layer": "net.0.0", "shape": [4, 1, 3, 3], "singular_values": [2.0, 1.0, 0.5, 0.1]}
+    record = {
+        "schema": "rbench.record/1",
+        "run_id": content_hash(key),
+        "created": created,
+        "suite": {
+            "name": suite,
+            "version": 1,
+            "dataset": suite,
+            "arch": "smallcnn",
+            "threat": {"norm": "Linf", "eps": eps},
+        },
+        "method": {
+            "name": method,
+            "kind": "unstructured",
+            "variant": "harness",
+            "citation": "x",
+            "config": {},
+            "config_nondefault": {},
+        },
+        "seed": seed,
+        "protocol": {
+            "name": protocol,
+            "n_eval": n_eval,
+            "autoattack": "standard",
+            "attacks": [],
+            "pgd": {"steps": 20, "step_fraction": 0.1, "restarts": 1},
+        },
+        "budget": {"ratio": ratio, "epochs": 4.0},
+        "compression": {
+            "n_dense": 1000,
+            "n_stored": int(1000 / ratio),
+            "ratio": ratio,
+            "macs_ratio": 1.0,
+            "per_layer": [],
+        },
+        "compute": {"used_epochs": used, "budget_epochs": 4.0},
+        "metrics": {
+            "clean": acc(clean, n_eval),
+            "pgd": acc(min(clean, aa + 5), n_eval),
+            "autoattack": acc(aa, n_eval),
+        },
+        "flags": flags or {},
+        "unreliable": bool(flags and "robust_above_clean" in flags),
+        "diagnostics": {
+            "layers": [layer],
+            "summary": {
+                "condition_number_rank_geomean": cond[0],
+                "condition_number_rank_max": cond[1],
+                "rank_deficient_layers": singular,
+                "lipschitz_bound_log10": 1.5,
+            },
+        },
+        "environment": {"rbench": "0.1.0", "torch": "2", "pyautoattack": "0.2.0"},
+        "hashes": {"dense": "d", "compressed": "c", "config": "h"},
+    }
+    validate_record(record)
+    return record
+
+
+def write(root: Path, records: list[dict]) -> Path:
+    for r in records:
+        path = root / r["suite"]["name"] / r["method"]["name"] / f"{r['run_id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    return root
+
+
+def tables(markdown: str) -> dict[str, list[dict]]:
+    """Each `## ` section's table as a list of {column: cell}."""
+    out = {}
+    for section in markdown.split("\n## ")[1:]:
+        title, *lines = section.splitlines()
+        rows = [line for line in lines if line.startswith("|") and not line.startswith("|--")]
+        head = [c.strip() for c in rows[0].strip("|").split("|")]
+        out[title] = [
+            dict(zip(head, [c.strip() for c in r.strip("|").split("|")], strict=True))
+            for r in rows[1:]
+        ]
+    return out
+
+
+def test_rows_rank_by_autoattack_within_each_ratio(tmp_path):
+    records = [
+        make_record("magnitude", 4, aa=40),
+        make_record("hydra", 4, aa=55),
+        make_record("radmm", 4, aa=47),
+        make_record("magnitude", 16, aa=30),
+        make_record("hydra", 16, aa=20, singular=2),
+        make_record("dense", 1, aa=60, cond=(2.0, 4.0)),
+    ]
+    md_path, loaded = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    assert not loaded.skipped
+    (rows,) = tables(md_path.read_text()).values()
+    order = [(r["ratio"], r["rank"], r["method"]) for r in rows]
+    assert order == [
+        ("1", "1", "dense"),
+        ("4", "1", "hydra"),
+        ("4", "2", "radmm"),
+        ("4", "3", "magnitude"),
+        ("16", "1", "magnitude"),
+        ("16", "2", "hydra"),
+    ]
+    hydra = rows[1]
+    assert hydra["AutoAttack %"] == "55.0" and hydra["seeds"] == "1"
+    lo, hi = wilson_interval(55, 100)
+    assert hydra["AA 95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert rows[0]["κ geo-mean"] == "2" and rows[0]["κ max"] == "4"
+    assert rows[0]["log10 Lip. bound"] == "1.50" and hydra["compute (AT-ep)"] == "3.90 / 4"
+    assert rows[-1]["κ max"] == "10 (2 singular)" and hydra["κ max"] == "10"
+
+
+def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
+    records = [make_record("magnitude", 4, seed=s, aa=a) for s, a in [(0, 40), (1, 50), (2, 60)]]
+    records.append(make_record("hydra", 4, seed=0, aa=45))
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    magnitude = next(r for r in rows if r["method"] == "magnitude")
+    assert magnitude["rank"] == "1"  # mean 50 beats hydra's 45
+    assert magnitude["AutoAttack %"] == "50.0 ± 10.0" and magnitude["seeds"] == "3"
+    lo, hi = wilson_interval(150, 300)  # pooled over the three seeds' points
+    assert magnitude["AA 95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    with open(tmp_path / "out" / "leaderboard.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["method"] == "magnitude")
+    assert float(row["autoattack"]) == pytest.approx(50.0)
+    assert float(row["autoattack_std"]) == pytest.approx(10.0)
+    assert row["seeds"] == "0,1,2"
+
+
+def test_different_protocols_suites_and_threats_never_share_a_table(tmp_path):
+    records = [
+        make_record("magnitude", 4, aa=40, protocol="standard"),
+        make_record("hydra", 4, aa=70, protocol="quick"),
+        make_record("radmm", 4, aa=65, protocol="standard", n_eval=200),  # another n_eval
+        make_record("tscnc", 4, aa=60, eps="0.2"),  # another threat model
+        make_record("hydra", 4, aa=50, suite="mnist5k"),
+    ]
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    found = tables(md_path.read_text())
+    assert len(found) == 5
+    for rows in found.values():  # each alone, so each ranked first
+        assert [r["rank"] for r in rows] == ["1"]
+    titles = list(found)
+    assert sum("protocol quick" in t for t in titles) == 1
+    assert sum("eps=0.2" in t for t in titles) == 1
+    data = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    assert len(data["groups"]) == 5
+
+
+def test_bad_records_are_skipped_with_one_line_each(tmp_path):
+    root = write(tmp_path / "in", [make_record("magnitude", 4, aa=40)])
+    bad = root / "digits" / "bad"
+    bad.mkdir()
+    (bad / "not-json.json").write_text("{oops")
+    (bad / "a-list.json").write_text("[1, 2]")
+    broken = make_record("hydra", 4, aa=50)
+    broken["metrics"]["autoattack"]["accuracy"] = 7  # outside [0, 1]
+    (bad / "schema.json").write_text(json.dumps(broken))
+    nan = make_record("radmm", 4, aa=50)
+    nan["compression"]["macs_ratio"] = "fast"
+    (bad / "type.json").write_text(json.dumps(nan))
+    copy = root / "digits" / "copy.json"
+    copy.write_text(json.dumps(make_record("magnitude", 4, aa=40)))
+    hostile = make_record("radmm", 8, aa=50)
+    hostile["method"]["variant"] = "x|y\n## injected [link](http://e.vil)"
+    (bad / "hostile.json").write_text(json.dumps(hostile))
+    loaded = load_records([root])
+    assert len(loaded.skipped) == 5
+    assert all("\n" not in line for line in loaded.skipped)
+    names = {Path(line.split(":")[0]).name for line in loaded.skipped if "duplicate" not in line}
+    assert names == {"not-json.json", "a-list.json", "schema.json", "type.json"}
+    assert sum("duplicate of" in line for line in loaded.skipped) == 1  # same run id twice
+    md_path, _ = build([root], tmp_path / "out", plots=False)
+    text = md_path.read_text()
+    assert not any(line.startswith("## injected") for line in text.splitlines())
+    assert "](http" not in text  # record text cannot make links or break out of its cell
+    assert len(tables(text)) == 1
+    assert "5 record(s) were skipped" in text
+
+
+def test_superseded_seed_keeps_the_newest_and_flags_show(tmp_path):
+    old = make_record("magnitude", 4, aa=10, created="2026-01-01T00:00:00+00:00")
+    new = make_record(
+        "magnitude",
+        4,
+        aa=45,
+        created="2026-02-01T00:00:00+00:00",
+        used=4.5,
+        flags={"robust_above_clean": "x", "autoattack_above_pgd": "y"},
+    )
+    md_path, loaded = build([write(tmp_path / "in", [old, new])], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    assert len(rows) == 1 and rows[0]["AutoAttack %"] == "45.0"
+    assert "superseded" in loaded.skipped[0]
+    assert re.search(r"unreliable.*over budget.*autoattack_above_pgd", rows[0]["flags"])
+
+
+def test_plots_are_written_and_linked(tmp_path):
+    records = [make_record("dense", 1, aa=60)]
+    records += [
+        make_record(m, r, seed=s, aa=a - 3 * s)
+        for m, a in [("magnitude", 40), ("hydra", 50)]
+        for r in (2, 8)
+        for s in (0, 1)
+    ]
+    records[-1]["diagnostics"] = {
+        "layers": [1, {"layer": 3}, {"layer": "x", "singular_values": ["a", -1, 1e400]}],
+        "summary": [],
+    }  # malformed, yet schema-valid
+    md_path, loaded = build([write(tmp_path / "in", records)], tmp_path / "out")
+    assert not loaded.skipped  # rendered; its malformed spectra are left out of the plots
+    links = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md_path.read_text())
+    assert len(links) == 4  # robust vs ratio, clean vs robust, spectra at ratios 2 and 8
+    for link in links:
+        png = tmp_path / "out" / link
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
