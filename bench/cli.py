@@ -17,6 +17,15 @@ def _pct(entry: dict) -> str:
     return f"{100 * entry['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        raise RbenchError(f"--shard expects I/N like 0/4, got '{text}'")
+    return int(index), int(count)
+
+
 def _parse_opts(opts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in opts:
@@ -115,6 +124,13 @@ def cli() -> None:
     "--cache-dir", default=None, help="Artifact cache (default: $RBENCH_CACHE or ~/.cache/rbench)."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result row.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only AutoAttack chunk I of every N (e.g. 0/4) into the shared cache; "
+    "a run without --shard then merges the shards exactly and writes the record.",
+)
 def run(
     method,
     ratio,
@@ -129,6 +145,7 @@ def run(
     results_dir,
     cache_dir,
     quiet,
+    shard,
 ) -> None:
     """Compress a suite's dense model with METHOD at RATIO and evaluate it."""
     from rbench.runner import RunConfig, Runner
@@ -147,13 +164,99 @@ def run(
         results_dir=results_dir,
         cache_dir=cache_dir,
         quiet=quiet,
+        shard=_parse_shard(shard),
     )
     record = Runner(cfg).run()
+    if "_shard" in record:
+        done = ", ".join(f"{a}-{b}" for a, b in record["_ranges"]) or "none"
+        click.echo(
+            f"shard {record['_shard']} done (AutoAttack points {done}); run the other "
+            "shards, then the same command without --shard to merge and write the record"
+        )
+        return
     click.echo(result_table([record]))
     flags = record["flags"]
     if flags:
         click.echo("flags: " + "; ".join(f"{k}: {v}" for k, v in flags.items()))
     click.echo(f"record: {record['_path']}")
+
+
+@cli.command()
+@click.option("--methods", required=True, help="Comma-separated methods, e.g. magnitude,cstar.")
+@click.option("--ratios", required=True, help="Comma-separated ratios, e.g. 2,4,8,16,32.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--suite", "-s", default=DEFAULT_SUITE, show_default=True)
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "slurm", "debug"]),
+    help="submitit executor: local processes, Slurm jobs, or in-process (debug).",
+)
+@click.option("--protocol", default=None, help="Evaluation protocol (default: the suite's).")
+@click.option("--data-root", default=None)
+@click.option("--results-dir", default="results", show_default=True)
+@click.option("--cache-dir", default=None)
+@click.option("--slurm-partition", default=None, help="Slurm partition (with --executor slurm).")
+@click.option("--slurm-gpus", default=1, show_default=True, type=int)
+@click.option("--slurm-timeout-min", default=24 * 60, show_default=True, type=int)
+def sweep(
+    methods,
+    ratios,
+    seeds,
+    suite,
+    executor,
+    protocol,
+    data_root,
+    results_dir,
+    cache_dir,
+    slurm_partition,
+    slurm_gpus,
+    slurm_timeout_min,
+) -> None:
+    """Run every (method, ratio, seed) as its own job, sharing one cache; rerun to resume."""
+    from rbench.registry import get_method
+    from rbench.runner import RunConfig, check_ratio
+    from rbench.suites import get_suite
+    from rbench.sweep import sweep as run_sweep
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in method_list:
+        get_method(m)
+    get_suite(suite)
+    try:
+        ratio_list = [float(r) for r in ratios.split(",")]
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise RbenchError("--ratios and --seeds take comma-separated numbers") from None
+    for r in ratio_list:
+        check_ratio(r)
+    base = RunConfig(
+        method="",
+        ratio=1,
+        suite=suite,
+        protocol=protocol,
+        data_root=data_root,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+        quiet=True,
+    )
+    slurm = {"timeout_min": slurm_timeout_min}
+    if executor == "slurm":
+        slurm.update(slurm_partition=slurm_partition, gpus_per_node=slurm_gpus)
+    results = run_sweep(
+        base,
+        method_list,
+        ratio_list,
+        seed_list,
+        executor,
+        slurm,
+        say=lambda m: click.echo(m, err=True),
+    )
+    failed = [name for name, r in results.items() if r["status"] != "done"]
+    click.echo(f"{len(results) - len(failed)} done, {len(failed)} failed")
+    if failed:
+        raise SystemExit(1)
 
 
 def result_table(records: list[dict]) -> str:
@@ -218,6 +321,291 @@ def list_suites() -> None:
         )
     click.echo(tabulate(rows, headers="keys", tablefmt="github"))
     click.echo("* the protocol a run uses unless --protocol says otherwise")
+
+
+@cli.command()
+@click.option("--record", "record_path", default=None, help="A run's record (JSON).")
+@click.option(
+    "--checkpoint", default=None, help="A dense state dict (.safetensors) of the suite's model."
+)
+@click.option(
+    "--suite", "-s", default=DEFAULT_SUITE, show_default=True, help="The checkpoint's suite."
+)
+@click.option("--data-root", default=None, help="The suite's dataset (for the test points).")
+@click.option(
+    "--points",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Test points of the local Lipschitz estimate (checkpoint only; 0 skips it).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnostics as JSON.")
+def diagnose(record_path, checkpoint, suite, data_root, points, as_json) -> None:
+    """Per-layer spectra of a record's model (--record) or of a checkpoint (--checkpoint)."""
+    import json
+
+    if (record_path is None) == (checkpoint is None):
+        raise RbenchError("give exactly one of --record or --checkpoint")
+    if record_path is not None:
+        diagnostics = _record_diagnostics(record_path)
+    else:
+        diagnostics = _checkpoint_diagnostics(checkpoint, suite, data_root, points)
+    if as_json:
+        click.echo(json.dumps(diagnostics, indent=2))
+        return
+    try:
+        table = diagnostics_table(diagnostics)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # records are untrusted
+        raise RbenchError(f"the diagnostics are malformed ({type(exc).__name__}: {exc})") from None
+    click.echo(table)
+
+
+def _record_diagnostics(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    from rbench.records import validate_record
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RbenchError(f"cannot read record '{path}': {exc}") from None
+    if not isinstance(record, dict):
+        raise RbenchError(f"record '{path}' is not a JSON object")
+    validate_record(record)
+    if not record.get("diagnostics", {}).get("layers"):
+        raise RbenchError(f"record '{path}' carries no spectral diagnostics; run it again")
+    return record["diagnostics"]
+
+
+def _checkpoint_diagnostics(path: str, suite_name: str, data_root, points: int) -> dict:
+    from rbench.checkpoint import load_state, read_checkpoint
+    from rbench.data import load_data
+    from rbench.models import build_model
+    from rbench.runner import _strip_model_prefix
+    from rbench.spectral import diagnose
+    from rbench.suites import get_suite
+
+    suite = get_suite(suite_name)
+    info = suite.data
+    model = build_model(suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
+    state = read_checkpoint(path)
+    load_state(model, _strip_model_prefix(state, model), f"checkpoint '{path}'")
+    x = None
+    if points:
+        try:
+            test = load_data(suite.dataset, data_root).test
+            x = test.head(suite.protocol().n_eval).head(points).images(slice(None))
+        except RbenchError as exc:
+            click.echo(f"note: no local Lipschitz estimate ({exc})", err=True)
+    return diagnose(model.eval(), info.input_shape, x)
+
+
+def diagnostics_table(diagnostics: dict) -> str:
+    """The per-layer table `rbench diagnose` prints, then the network summary."""
+
+    def num(v, fmt=".3g") -> str:
+        return "inf" if v is None else format(v, fmt)
+
+    rows = []
+    for r in diagnostics.get("layers", []):
+        op = r.get("operator", {})
+        rows.append(
+            {
+                "layer": r["layer"],
+                "type": r["type"],
+                "shape": "x".join(map(str, r["shape"])) if r.get("shape") else "?",
+                "stored": r["stored"],
+                "density": num(r.get("density"), ".3f"),
+                "sigma_max": num(r.get("sigma_max")),
+                "sigma_min": num(r.get("sigma_min")),
+                "cond": num(r.get("condition_number")),
+                "cond (rank)": num(r.get("condition_number_rank")),
+                "rank": r.get("numerical_rank", "?"),
+                "stable rank": num(r.get("stable_rank")),
+                "core cond": num(r["core"].get("condition_number")) if "core" in r else "",
+                "op norm (FFT)": (num(op["sigma_max"]) + ("" if op["exact"] else " (bound)"))
+                if op
+                else "",
+                "op norm (power)": num(op["power_iteration"]) if op else "",
+            }
+        )
+    s = diagnostics.get("summary", {})
+    lines = [tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)]
+    lines.append(
+        f"condition number: geometric mean {num(s.get('condition_number_geomean'))}, "
+        f"max {num(s.get('condition_number_max'))}; log10 Lipschitz bound "
+        f"{num(s.get('lipschitz_bound_log10'), '.3f')}"
+        + ("" if s.get("lipschitz_bound_rigorous", True) else " (not rigorous: unknown modules)")
+    )
+    if "local_lipschitz" in s:
+        loc = s["local_lipschitz"]
+        lines.append(
+            f"local Lipschitz on {loc['points']} test points: max {loc['max']:.3g}, "
+            f"mean {loc['mean']:.3g} (l2 ball of radius {loc['radius']:g})"
+        )
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option(
+    "--records",
+    "record_dirs",
+    multiple=True,
+    help="A folder of record JSON files, searched recursively; repeatable "
+    "(default: leaderboard/entries).",
+)
+@click.option("--local", is_flag=True, help="Also read the local results/ folder.")
+@click.option(
+    "--out",
+    default="leaderboard",
+    show_default=True,
+    help="Where LEADERBOARD.md, leaderboard.csv, leaderboard.json and plots/ (regenerated) go.",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def leaderboard(record_dirs, local, out, no_plots) -> None:
+    """Render the leaderboard from records: markdown, CSV, JSON and plots."""
+    from pathlib import Path
+
+    from rbench.leaderboard import ENTRIES, build
+
+    dirs = [Path(d) for d in record_dirs] or [ENTRIES]
+    if local:
+        dirs.append(Path("results"))
+    md, loaded = build(dirs, Path(out), plots=not no_plots)
+    for line in loaded.skipped:
+        click.echo(f"skipped {line}", err=True)
+    click.echo(f"{md}: {len(loaded.records)} records from {', '.join(map(str, dirs))}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--protocol",
+    "require_protocol",
+    default=None,
+    help="Also require this protocol (committed leaderboard entries: standard).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the problems and the summary.")
+def validate(paths, require_protocol, quiet) -> None:
+    """Check record JSON files (or folders of them) against the schema and the protocol.
+
+    One line per problem; exit code 2 when any record fails."""
+    from rbench.validate import validate_paths
+
+    results = validate_paths(paths, require_protocol)
+    if not results:
+        raise RbenchError(f"no record files (*.json) under {', '.join(paths)}")
+    failed = 0
+    for path, problems in results.items():
+        failed += bool(problems)
+        for problem in problems:
+            click.echo(f"{path}: {problem}")
+        if not problems and not quiet:
+            click.echo(f"{path}: ok")
+    click.echo(f"{len(results)} record(s) checked, {failed} with problems")
+    if failed:
+        click.get_current_context().exit(2)
+
+
+@cli.command()
+@click.option(
+    "--suite", "-s", default="digits", show_default=True, help="Suite of the pinned regression run."
+)
+@click.option(
+    "--baseline",
+    default="leaderboard/baseline.json",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The committed baseline to compare with (or to write, with --update).",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="Slack in accuracy added to the Wilson bound (0.02 = 2 points).",
+)
+@click.option(
+    "--confidence",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Level of the Wilson interval of the current estimate (0 leaves only the slack).",
+)
+@click.option("--update", is_flag=True, help="Rewrite the baseline with these results, on purpose.")
+@click.option(
+    "--methods",
+    "-m",
+    "methods",
+    default=None,
+    help="Comma-separated methods to run (default: every registered one).",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to run (the committed baseline was made on a CPU).",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Cache of the dense model (default: $RBENCH_CACHE or ~/.cache/rbench).",
+)
+@click.option("--results-dir", default=None, help="Keep the runs' records here.")
+@click.option("--fresh", is_flag=True, help="Retrain the dense model instead of reusing it.")
+@click.option("--verbose", "-v", is_flag=True, help="Show each run's progress.")
+def check(
+    suite,
+    baseline,
+    tolerance,
+    confidence,
+    update,
+    methods,
+    device,
+    cache_dir,
+    results_dir,
+    fresh,
+    verbose,
+) -> None:
+    """Rerun the pinned regression suite and compare robust accuracy with the baseline.
+
+    Fails (exit 1), naming the method, the metric and the drop, when AutoAttack or PGD accuracy
+    falls below the baseline by more than the Wilson bound of the new estimate plus the slack."""
+    from rbench.regress import Pinned, Tolerance, run_check
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    report = run_check(
+        Pinned(suite=suite),
+        baseline_path=baseline,
+        tolerance=Tolerance(slack=tolerance, confidence=confidence),
+        methods=names,
+        update=update,
+        device=device,
+        cache_dir=cache_dir,
+        results_dir=results_dir,
+        fresh=fresh,
+        quiet=not verbose,
+    )
+    rows = [
+        {
+            "method": r.method,
+            "metric": r.metric,
+            "baseline %": "-" if r.baseline is None else f"{100 * r.baseline:.1f}",
+            "now %": "-" if r.now is None else f"{100 * r.now:.1f}",
+            "drop (pts)": "-" if r.drop is None else f"{100 * r.drop:.1f}",
+            "allowed (pts)": "-" if r.allowed is None else f"{100 * r.allowed:.1f}",
+            "status": r.status,
+        }
+        for r in report.rows
+    ]
+    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+    for message in report.messages:
+        click.echo(message)
+    click.echo("check: " + ("FAILED" if report.failed else "passed"))
+    if report.failed:
+        click.get_current_context().exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

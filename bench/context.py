@@ -85,7 +85,7 @@ class Context:
             hooks=hooks,
             seed=self.seed,
             progress=self._epoch_progress(tag, epochs),
-            **kwargs,
+            **{"bar": None if self.quiet else tag, **kwargs},
         )
 
     def affordable_epochs(

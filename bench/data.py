@@ -46,7 +46,10 @@ class Split:
 
     def head(self, n: int) -> Split:
         """The first n points (the evaluation protocol's robust-accuracy points)."""
-        return Split(self.x[:n], self.y[:n], self.ids[:n])
+        return self.part(0, n)
+
+    def part(self, start: int, stop: int) -> Split:
+        return Split(self.x[start:stop], self.y[start:stop], self.ids[start:stop])
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device), self.ids.to(device))

@@ -34,6 +34,11 @@ def accuracy_entry(correct: torch.Tensor, **extra) -> dict:
     return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi], **extra}
 
 
+def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """[(0, size), (size, 2 size), ...] covering n points."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 

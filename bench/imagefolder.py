@@ -7,15 +7,21 @@ from pathlib import Path
 
 import torch
 
-from rbench.data import DataSplits, DatasetInfo, Split
+from rbench.data import DatasetInfo, DataSplits, Split
 from rbench.errors import RbenchError
 
 
 class FolderSplit(Split):
     """A Split whose images are files: `images(idx)` decodes them on demand."""
 
-    def __init__(self, files: list[str], y: torch.Tensor, ids: torch.Tensor, size: int = 224,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        files: list[str],
+        y: torch.Tensor,
+        ids: torch.Tensor,
+        size: int = 224,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__(x=torch.empty(0), y=y, ids=ids)
         self.files, self.size, self.device = files, size, torch.device(device)
 
@@ -31,8 +37,10 @@ class FolderSplit(Split):
                 out.append(TF.to_tensor(img))
         return torch.stack(out).to(self.device)
 
-    def head(self, n: int) -> FolderSplit:
-        return FolderSplit(self.files[:n], self.y[:n], self.ids[:n], self.size, self.device)
+    def part(self, start: int, stop: int) -> FolderSplit:
+        return FolderSplit(
+            self.files[start:stop], self.y[start:stop], self.ids[start:stop], self.size, self.device
+        )
 
     def to(self, device) -> FolderSplit:
         return FolderSplit(self.files, self.y.to(device), self.ids.to(device), self.size, device)
@@ -58,10 +66,13 @@ def load_imagefolder(info: DatasetInfo, root: Path, n_val_per_class: int = 10) -
     files, y = _scan(train_dir, classes)
     test_files, test_y = _scan(test_dir, classes)
     gen = torch.Generator().manual_seed(0)
-    val_ids = torch.cat([
-        ids[torch.randperm(len(ids), generator=gen)[:n_val_per_class]]
-        for c in range(len(classes)) if len(ids := (y == c).nonzero().flatten())
-    ])
+    val_ids = torch.cat(
+        [
+            ids[torch.randperm(len(ids), generator=gen)[:n_val_per_class]]
+            for c in range(len(classes))
+            if len(ids := (y == c).nonzero().flatten())
+        ]
+    )
     is_val = torch.zeros(len(y), dtype=torch.bool)
     is_val[val_ids] = True
     train_ids = (~is_val).nonzero().flatten()

@@ -60,6 +60,7 @@ class RunConfig:
     results_dir: str = "results"
     cache_dir: str | None = None
     quiet: bool = False
+    shard: tuple[int, int] | None = None  # (i, n): compute only AutoAttack chunk i of every n
 
 
 @dataclass
@@ -96,12 +97,24 @@ def check_writable(directory: Path) -> None:
         raise RbenchError(f"cannot write to '{directory}' ({exc.strerror or exc})") from None
 
 
+class ShardDone(Exception):
+    """Raised (and caught by `run`) when a `--shard i/n` run has finished its part."""
+
+    def __init__(self, shard: tuple[int, int], ranges: list[tuple[int, int]]) -> None:
+        super().__init__(f"shard {shard[0]}/{shard[1]}")
+        self.shard, self.ranges = shard, ranges
+
+
 class Runner:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         check_ratio(cfg.ratio)
         if not 0 <= cfg.seed < 2**31:
             raise RbenchError(f"--seed must be between 0 and 2^31-1, got {cfg.seed}")
+        if cfg.shard is not None and not (cfg.shard[1] >= 1 and 0 <= cfg.shard[0] < cfg.shard[1]):
+            raise RbenchError(
+                f"--shard must be i/n with 0 <= i < n, got {cfg.shard[0]}/{cfg.shard[1]}"
+            )
         if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs >= 0):
             raise RbenchError(f"--epochs must be a finite number >= 0, got {cfg.epochs}")
         self.suite: Suite = get_suite(cfg.suite)
@@ -149,8 +162,11 @@ class Runner:
         compressed, meta = self._timed("compress", lambda: self.compress(dense, on_device))
         compression = measure_compression(dense, compressed, self.suite.data.input_shape)
         verify_ratio(compression, self.budget.ratio, self.method_cls.name)
-        metrics, flags = self._timed("evaluate", lambda: self.evaluate(compressed, on_device))
-        diagnostics = self._timed("diagnose", lambda: self.diagnose(compressed))
+        try:
+            metrics, flags = self._timed("evaluate", lambda: self.evaluate(compressed, on_device))
+        except ShardDone as done:
+            return {"_shard": f"{done.shard[0]}/{done.shard[1]}", "_ranges": done.ranges}
+        diagnostics = self._timed("diagnose", lambda: self.diagnose(compressed, on_device))
         record = build_record(
             runner=self,
             compression=compression,
@@ -280,6 +296,7 @@ class Runner:
             seed=self.cfg.seed,
             eps_ramp=recipe.eps_ramp,
             on_epoch_end=checkpoint,
+            bar=None if self.cfg.quiet else "dense adversarial training",
             start_epoch=start,
         )
         self.store.discard("dense", partial)
@@ -372,6 +389,31 @@ class Runner:
         self.store.save("evaluate", key, {"flags": flags}, {"correct": correct.to(torch.uint8)})
         return correct, flags
 
+    def _autoattack(self, model: nn.Module, points) -> tuple[torch.Tensor, dict]:
+        """AutoAttack in fixed chunks of the protocol's batch size, one pyautoattack call per chunk
+        with the protocol's seed: each chunk is cached on its own (a killed evaluation loses at
+        most one chunk) and `--shard i/n` computes every n-th chunk, so merged shards equal the
+        unsharded result exactly."""
+        chunks = ev.chunk_ranges(len(points), self.protocol.batch_size)
+        mine = range(len(chunks))
+        if self.cfg.shard is not None:
+            index, count = self.cfg.shard
+            mine = [c for c in mine if c % count == index]
+        results, flags = {}, {}
+        for c in mine:
+            start, stop = chunks[c]
+            part = points.part(start, stop)
+            results[c], chunk_flags = self._cached_attack(
+                f"autoattack-{start}-{stop}",
+                lambda part=part: ev.autoattack_correct(
+                    model, part, self.suite.threat, self.protocol, self.device, self.cfg.seed
+                ),
+            )
+            flags.update(chunk_flags)
+        if self.cfg.shard is not None:
+            raise ShardDone(self.cfg.shard, [chunks[c] for c in mine])
+        return torch.cat([results[c] for c in range(len(chunks))]), flags
+
     def evaluate(self, model: nn.Module, data: DataSplits) -> tuple[dict, dict]:
         self.stages.keys["evaluate"] = self.evaluate_key()
         threat, protocol, device, seed = (
@@ -387,10 +429,7 @@ class Runner:
         pgd, _ = self._cached_attack(
             "pgd", lambda: (ev.pgd_correct(model, points, threat, protocol.pgd, device, seed), {})
         )
-        aa, aa_flags = self._cached_attack(
-            "autoattack",
-            lambda: ev.autoattack_correct(model, points, threat, protocol, device, seed),
-        )
+        aa, aa_flags = self._autoattack(model, points)
         if self.method_cls.native_metrics:
             from rbench.native import native_metrics
 
@@ -429,12 +468,15 @@ class Runner:
         }
         return metrics, flags
 
-    def diagnose(self, model: nn.Module) -> dict:
-        try:
-            from rbench.spectral import diagnose
-        except ImportError:
-            return {}
-        return diagnose(model, self.suite.data.input_shape)
+    def diagnose(self, model: nn.Module, data: DataSplits | None = None) -> dict:
+        """Spectral diagnostics; the local Lipschitz estimate uses the first 100 of the points
+        the robust accuracy is measured on."""
+        from rbench.spectral import diagnose
+
+        x = None
+        if data is not None:
+            x = data.test.head(self.protocol.n_eval).head(100).images(slice(None))
+        return diagnose(model, self.suite.data.input_shape, x)
 
 
 def _strip_model_prefix(state: dict, model: nn.Module) -> dict:

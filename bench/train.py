@@ -50,8 +50,11 @@ def make_optimizer(
     raise RbenchError(f"unknown optimizer '{name}' (choose sgd or adam)")
 
 
-def lr_at(schedule: str, base_lr: float, progress: float) -> float:
-    """Learning rate at `progress` in [0, 1] of a phase: cosine decay or constant."""
+def lr_at(schedule: str | Callable[[float], float], base_lr: float, progress: float) -> float:
+    """Learning rate at `progress` in [0, 1] of a phase: cosine decay, constant, or a callable
+    giving the multiple of `base_lr` at that progress (e.g. ADMM's periodic restarts)."""
+    if callable(schedule):
+        return base_lr * schedule(min(progress, 1.0))
     if schedule == "cosine":
         return 0.5 * base_lr * (1 + math.cos(math.pi * min(progress, 1.0)))
     if schedule == "constant":
@@ -74,6 +77,7 @@ def train_epoch(
     attack_mode: str = "eval",
     trades_beta: float = 6.0,
     label_smoothing: float = 0.0,
+    bar: str | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (or its first `max_batches`). Returns mean loss and accuracy on the
     examples trained on. `attack_mode` is the BatchNorm mode the attack runs in (methods.md 0.3)."""
@@ -81,7 +85,14 @@ def train_epoch(
         raise RbenchError(f"unknown training loss '{loss}' (choose {', '.join(LOSS_PASSES)})")
     hooks = hooks or StepHooks()
     total_loss, correct, seen = 0.0, 0, 0
-    for b, (x, y) in enumerate(loader):
+    batches = loader
+    if bar is not None:
+        from tqdm import tqdm
+
+        total = len(loader) if max_batches is None else min(len(loader), max_batches)
+        # disable=None: a live bar on a terminal, silence in logs and CI
+        batches = tqdm(loader, desc=bar, total=total, leave=False, disable=None)
+    for b, (x, y) in enumerate(batches):
         if max_batches is not None and b >= max_batches:
             break
         if set_lr is not None:
@@ -144,7 +155,7 @@ def fit(
     optimizer: str | torch.optim.Optimizer = "sgd",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    schedule: str = "cosine",
+    schedule: str | Callable[[float], float] = "cosine",
     loss: str = "adv",
     hooks: StepHooks | None = None,
     seed: int = 0,

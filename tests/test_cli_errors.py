@@ -45,26 +45,40 @@ CASES = {
     "ratio string": (["-m", "magnitude", "-r", "abc"], r"'abc' is not a valid float"),
     "ratio unreachable": (["-m", "magnitude", "-r", "1e9", "-s", "digits"], r"cannot be reached"),
     "dense compresses": (["-m", "dense", "-r", "4", "-s", "digits"], r"does not compress"),
-    "missing data root": (["-m", "magnitude", "-r", "4", "-s", "cifar10-resnet18"],
-                          r"needs --data-root.*cifar-10-batches-py"),
-    "data root absent": (["-m", "magnitude", "-r", "4", "-s", "mnist", "--data-root",
-                          "/nonexistent/x"], r"not a directory; expected MNIST"),
-    "unknown opt": (["-m", "magnitude", "-r", "4", "-s", "digits", "--opt", "lrr=0.1"],
-                    r"no option 'lrr'.*did you mean 'lr'"),
-    "opt wrong type": (["-m", "magnitude", "-r", "4", "-s", "digits", "--opt", "lr=fast"],
-                       r"lr=fast: expected a float"),
+    "missing data root": (
+        ["-m", "magnitude", "-r", "4", "-s", "cifar10-resnet18"],
+        r"needs --data-root.*cifar-10-batches-py",
+    ),
+    "data root absent": (
+        ["-m", "magnitude", "-r", "4", "-s", "mnist", "--data-root", "/nonexistent/x"],
+        r"not a directory; expected MNIST",
+    ),
+    "unknown opt": (
+        ["-m", "magnitude", "-r", "4", "-s", "digits", "--opt", "lrr=0.1"],
+        r"no option 'lrr'.*did you mean 'lr'",
+    ),
+    "opt wrong type": (
+        ["-m", "magnitude", "-r", "4", "-s", "digits", "--opt", "lr=fast"],
+        r"lr=fast: expected a float",
+    ),
     "opt without value": (["-m", "magnitude", "-r", "4", "--opt", "lr"], r"expects key=value"),
     "opt nan": (["-m", "magnitude", "-r", "4", "--opt", "lr=nan"], r"expected a float"),
-    "unknown variant": (["-m", "magnitude", "-r", "4", "--opt", "variant=fast"],
-                        r"choose one of harness, paper"),
-    "unknown protocol": (["-m", "magnitude", "-r", "4", "--protocol", "fast"],
-                         r"no protocol 'fast'"),
+    "unknown variant": (
+        ["-m", "magnitude", "-r", "4", "--opt", "variant=fast"],
+        r"choose one of harness, paper",
+    ),
+    "unknown protocol": (
+        ["-m", "magnitude", "-r", "4", "--protocol", "fast"],
+        r"no protocol 'fast'",
+    ),
     "negative seed": (["-m", "magnitude", "-r", "4", "--seed", "-1"], r"--seed must be"),
     "huge seed": (["-m", "magnitude", "-r", "4", "--seed", str(2**40)], r"--seed must be"),
     "negative epochs": (["-m", "magnitude", "-r", "4", "--epochs", "-2"], r"--epochs must be"),
     "unknown device": (["-m", "magnitude", "-r", "4", "--device", "tpu"], r"'tpu' is not one of"),
-    "missing checkpoint": (["-m", "magnitude", "-r", "4", "--dense-checkpoint", "/no/such.pt"],
-                           r"does not exist"),
+    "missing checkpoint": (
+        ["-m", "magnitude", "-r", "4", "--dense-checkpoint", "/no/such.pt"],
+        r"does not exist",
+    ),
 }
 
 
@@ -87,8 +101,19 @@ def test_results_dir_not_writable(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "-m", "magnitude", "-r", "4", "--results-dir", str(blocker / "sub"),
-              "--cache-dir", str(tmp_path / "c")])
+        main(
+            [
+                "run",
+                "-m",
+                "magnitude",
+                "-r",
+                "4",
+                "--results-dir",
+                str(blocker / "sub"),
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "cannot write to" in capsys.readouterr().err
 
@@ -96,16 +121,36 @@ def test_results_dir_not_writable(capsys, tmp_path):
 def test_corrupt_safetensors_checkpoint(capsys, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "-s", "digits",
-                     "--dense-checkpoint", str(bad))
+    result = run_cli(
+        capsys,
+        tmp_path,
+        "-m",
+        "magnitude",
+        "-r",
+        "4",
+        "-s",
+        "digits",
+        "--dense-checkpoint",
+        str(bad),
+    )
     assert_one_line_error(*result, r"not a readable safetensors file")
 
 
 def test_truncated_safetensors_checkpoint(capsys, tmp_path, dense_ckpt):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(dense_ckpt.read_bytes()[:-100])
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "-s", "digits",
-                     "--dense-checkpoint", str(cut))
+    result = run_cli(
+        capsys,
+        tmp_path,
+        "-m",
+        "magnitude",
+        "-r",
+        "4",
+        "-s",
+        "digits",
+        "--dense-checkpoint",
+        str(cut),
+    )
     assert_one_line_error(*result, r"not a readable safetensors file")
 
 
@@ -123,8 +168,18 @@ def test_pickle_with_code_is_refused_not_executed(capsys, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"weight": Payload(str(marker))}))
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "-s", "digits",
-                     "--dense-checkpoint", str(evil))
+    result = run_cli(
+        capsys,
+        tmp_path,
+        "-m",
+        "magnitude",
+        "-r",
+        "4",
+        "-s",
+        "digits",
+        "--dense-checkpoint",
+        str(evil),
+    )
     assert_one_line_error(*result, r"could not be loaded safely \(weights_only=True\)")
     assert not marker.exists()
 
@@ -137,13 +192,38 @@ def test_checkpoint_of_another_architecture(capsys, tmp_path):
     other = build_model("lenet300", (1, 8, 8), 10, (0.0,), (1.0,))
     path = tmp_path / "lenet.pt"
     torch.save(other.state_dict(), path)
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "-s", "digits",
-                     "--dense-checkpoint", str(path))
+    result = run_cli(
+        capsys,
+        tmp_path,
+        "-m",
+        "magnitude",
+        "-r",
+        "4",
+        "-s",
+        "digits",
+        "--dense-checkpoint",
+        str(path),
+    )
     assert_one_line_error(*result, r"does not fit this suite's architecture")
 
 
 def test_nan_loss_stops_the_run(capsys, tmp_path, dense_ckpt):
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "-s", "digits",
-                     "--dense-checkpoint", str(dense_ckpt), "--opt", "lr=1e30", "--epochs", "1",
-                     "--protocol", "quick")
+    result = run_cli(
+        capsys,
+        tmp_path,
+        "-m",
+        "magnitude",
+        "-r",
+        "4",
+        "-s",
+        "digits",
+        "--dense-checkpoint",
+        str(dense_ckpt),
+        "--opt",
+        "lr=1e30",
+        "--epochs",
+        "1",
+        "--protocol",
+        "quick",
+    )
     assert_one_line_error(*result, r"training loss became (nan|inf)")

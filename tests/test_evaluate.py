@@ -16,19 +16,33 @@ from rbench.evaluate import (
 )
 from rbench.suites import Protocol, ThreatModel, get_suite
 
-QUICK = Protocol("quick", 40, get_suite("digits").protocol("quick").pgd, "custom",
-                 ("apgd-ce", "apgd-t"), apgd_restarts=1)
+QUICK = Protocol(
+    "quick",
+    40,
+    get_suite("digits").protocol("quick").pgd,
+    "custom",
+    ("apgd-ce", "apgd-t"),
+    apgd_restarts=1,
+)
 THREAT = ThreatModel("Linf", "0.1")
 
 
 def test_autoattack_wrapper_matches_pyautoattack(trained_digits_model, digits):
     points = digits.test.head(40)
     ours, flags = autoattack_correct(trained_digits_model, points, THREAT, QUICK, "cpu", seed=0)
-    adversary = AutoAttack(trained_digits_model, attacks=["apgd-ce", "apgd-t"], device="cpu",
-                           eps=0.1, norm="Linf", seed=0, version="custom")
+    adversary = AutoAttack(
+        trained_digits_model,
+        attacks=["apgd-ce", "apgd-t"],
+        device="cpu",
+        eps=0.1,
+        norm="Linf",
+        seed=0,
+        version="custom",
+    )
     adversary.apgd.n_restarts = 1
-    _, y_adv = adversary.run_standard_evaluation(points.images(slice(None)), points.y,
-                                                 batch_size=500)
+    _, y_adv = adversary.run_standard_evaluation(
+        points.images(slice(None)), points.y, batch_size=500
+    )
     assert torch.equal(ours, (y_adv == points.y).cpu())
     clean = clean_correct(trained_digits_model, points, "cpu")
     assert ours.sum() < clean.sum()  # the attack really lowers accuracy
@@ -59,8 +73,9 @@ def test_pgd_lowers_accuracy_and_more_restarts_never_raise_it(trained_digits_mod
     from dataclasses import replace
 
     one = pgd_correct(trained_digits_model, points, THREAT, spec, "cpu", seed=0)
-    three = pgd_correct(trained_digits_model, points, THREAT, replace(spec, restarts=3), "cpu",
-                        seed=0)
+    three = pgd_correct(
+        trained_digits_model, points, THREAT, replace(spec, restarts=3), "cpu", seed=0
+    )
     clean = clean_correct(trained_digits_model, points, "cpu")
     assert one.sum() < clean.sum()
     assert three.sum() <= one.sum()

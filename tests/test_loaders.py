@@ -35,7 +35,7 @@ def test_mnist_idx_files(tmp_path, name, folder):
     assert data.train.x.shape == (200, 1, 28, 28) and data.train.x.dtype == torch.uint8
     assert len(data.val) == 5000 and len(data.test) == 30
     x, y = next(iter(BatchLoader(data.test, 16)))
-    assert x.shape == (16, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (16, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     assert set(data.train.ids.tolist()).isdisjoint(data.val.ids.tolist())
 
 
@@ -48,8 +48,10 @@ def test_truncated_mnist_file_is_a_clear_error(tmp_path):
 
 
 def _cifar_batch(path, n, rng, label_key):
-    batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             label_key: rng.integers(0, 10, n).tolist()}
+    batch = {
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key: rng.integers(0, 10, n).tolist(),
+    }
     path.write_bytes(pickle.dumps(batch))
 
 
@@ -62,7 +64,9 @@ def test_cifar10_python_batches(tmp_path, monkeypatch):
     for i in range(1, 6):
         _cifar_batch(folder / f"data_batch_{i}", 1100, rng, "labels")
     _cifar_batch(folder / "test_batch", 50, rng, "labels")
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": [str(i) for i in range(10)]})
+    )
     # torchvision checks the md5 sums of the real files; these are small stand-ins
     monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tvd.cifar, "check_integrity", lambda path, md5=None: True)
@@ -80,10 +84,13 @@ def test_svhn_mat_files(tmp_path, monkeypatch):
 
     rng = np.random.default_rng(0)
     for split, n in [("train", 5100), ("test", 20)]:
-        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {
-            "X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
-            "y": rng.integers(1, 11, (n, 1)).astype(np.uint8),
-        })
+        scipy.io.savemat(
+            tmp_path / f"{split}_32x32.mat",
+            {
+                "X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                "y": rng.integers(1, 11, (n, 1)).astype(np.uint8),
+            },
+        )
     monkeypatch.setattr(tvd.SVHN, "_check_integrity", lambda self: True)
     data = load_data("svhn", tmp_path)
     assert data.train.x.shape == (100, 3, 32, 32) and len(data.test) == 20
@@ -100,7 +107,8 @@ def test_image_folders(tmp_path):
             d.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(
-                    d / f"{i}.JPEG")
+                    d / f"{i}.JPEG"
+                )
     data = load_data("imagenet", tmp_path)
     assert len(data.val) == 20 and len(data.train) == 4 and len(data.test) == 4
     x, y = next(iter(BatchLoader(data.test, 4)))
@@ -123,4 +131,4 @@ def test_embedded_splits_are_fixed_and_disjoint():
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     d = load_data("digits")
     assert (len(d.train), len(d.val), len(d.test)) == (1197, 200, 400)
-    assert 0 <= float(d.train.x.min()) and float(d.train.x.max()) <= 1
+    assert float(d.train.x.min()) >= 0 and float(d.train.x.max()) <= 1

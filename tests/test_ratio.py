@@ -35,8 +35,9 @@ def test_masked_model_counts_survivors(ratio, scope):
     assert report["n_stored"] <= math.floor(report["n_dense"] / ratio)
     assert report["ratio"] >= ratio
     # the count is on the tensors: the prune hook's weight_orig still holds the pruned values
-    masked = sum(int(m.weight_orig.count_nonzero()) for m in model.modules()
-                 if hasattr(m, "weight_orig"))
+    masked = sum(
+        int(m.weight_orig.count_nonzero()) for m in model.modules() if hasattr(m, "weight_orig")
+    )
     assert masked == report["n_dense"]
     finalize(model)
     assert measure_compression(dense, model, (1, 6, 6))["n_stored"] == report["n_stored"]
@@ -80,8 +81,9 @@ def test_factorised_layer_counts_its_factors(factor):
 
 def test_structurally_smaller_model_counts_real_tensor_sizes():
     dense = toy()
-    small = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(2 * 6 * 6, 10))
+    small = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 10)
+    )
     report = measure_compression(dense, small, (1, 6, 6))
     assert report["n_stored"] == 2 * 9 + 72 * 10
     assert report["ratio"] == pytest.approx(report["n_dense"] / (18 + 720))
@@ -109,9 +111,16 @@ def test_rounding_slack_is_one_element_per_layer():
     assert max_stored(n_dense, 4, n_layers=2) == 738 + 2
     dense, model = toy(), toy()
     counts = {"0": 18 + 1, "3": 720 + 2}  # 741 stored: 3 over floor(N/4), slack is 2
-    apply_masks(model, {p: torch.arange(dict(model.named_modules())[p].weight.numel())
-                        .view_as(dict(model.named_modules())[p].weight) < c
-                        for p, c in counts.items()})
+    apply_masks(
+        model,
+        {
+            p: torch.arange(dict(model.named_modules())[p].weight.numel()).view_as(
+                dict(model.named_modules())[p].weight
+            )
+            < c
+            for p, c in counts.items()
+        },
+    )
     with pytest.raises(RbenchError):
         verify_ratio(measure_compression(dense, model, (1, 6, 6)), 4, "m")
 

@@ -1,0 +1,119 @@
+"""`rbench sweep`: one job per (method, ratio, seed) through submitit (its local executor on one
+machine, Slurm on a cluster), all sharing one cache. A job that fails is reported and does not
+stop the others; a rerun skips the jobs whose records already exist (the manifest says where)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rbench.errors import RbenchError
+from rbench.runner import RunConfig, Runner, default_cache_dir
+from rbench.store import atomic_write_json, content_hash
+from rbench.suites import Suite, get_suite, register_suite
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    ratio: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-r{self.ratio:g}-s{self.seed}"
+
+
+def run_job(cfg: RunConfig, suite: Suite | None = None) -> dict:
+    """What a worker runs: one complete rbench run. Returns where its record went. `suite` carries
+    the parent's suite definition, so suites registered at run time (plugins, tests) work too."""
+    if suite is not None:
+        register_suite(suite)
+    record = Runner(cfg).run()
+    return {"record": record["_path"], "autoattack": record["metrics"]["autoattack"]["accuracy"]}
+
+
+def manifest_path(base: RunConfig, jobs: list[Job]) -> Path:
+    key = content_hash(
+        {
+            "base": asdict(replace(base, method="", ratio=1, seed=0)),
+            "jobs": [asdict(j) for j in jobs],
+        }
+    )
+    # beside the cache, not among the records: the leaderboard reads every JSON under its entries
+    return Path(base.cache_dir or default_cache_dir()).expanduser() / "sweeps" / f"{key}.json"
+
+
+def _executor(kind: str, folder: Path, slurm: dict):
+    import submitit
+
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=slurm.get("timeout_min", 24 * 60))
+    elif kind == "slurm":
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        executor.update_parameters(**slurm)
+    elif kind == "debug":
+        executor = submitit.DebugExecutor(folder=str(folder))
+    else:
+        raise RbenchError(f"unknown executor '{kind}' (choose local, slurm or debug)")
+    return executor
+
+
+def _failure(exc: BaseException) -> str:
+    """The last meaningful line of a worker's error (submitit wraps the traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def sweep(
+    base: RunConfig,
+    methods: list[str],
+    ratios: list[float],
+    seeds: list[int],
+    executor: str = "local",
+    slurm: dict | None = None,
+    say=print,
+) -> dict[str, dict]:
+    """Run the grid; returns {job name: {"status": "done"|"failed", ...}} and keeps a manifest."""
+    jobs = [Job(m, float(r), int(s)) for m, r, s in itertools.product(methods, ratios, seeds)]
+    path = manifest_path(base, jobs)
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [
+        j
+        for j in jobs
+        if not (
+            manifest.get(j.name, {}).get("status") == "done"
+            and Path(manifest[j.name]["record"]).is_file()
+        )
+    ]
+    say(
+        f"sweep: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
+        f"({executor} executor); manifest {path}"
+    )
+    if todo:
+        ex = _executor(executor, path.parent / f"{path.stem}-logs", slurm or {})
+        suite = get_suite(base.suite)
+        submitted = [
+            (
+                j,
+                ex.submit(
+                    run_job, replace(base, method=j.method, ratio=j.ratio, seed=j.seed), suite
+                ),
+            )
+            for j in todo
+        ]
+        for job, handle in submitted:
+            try:
+                manifest[job.name] = {"status": "done", **handle.result()}
+                say(f"  done   {job.name}: AutoAttack {manifest[job.name]['autoattack']:.3f}")
+            except Exception as exc:  # one failed job must not stop the others
+                manifest[job.name] = {"status": "failed", "error": _failure(exc)}
+                say(f"  FAILED {job.name}: {manifest[job.name]['error']}")
+            atomic_write_json(path, manifest)
+    return {j.name: manifest[j.name] for j in jobs}
