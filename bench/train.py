@@ -174,7 +174,8 @@ def fit(
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     n_batches, n_epochs = len(loader), math.ceil(epochs)
-    total_steps = max(1, round(epochs * n_batches))
+    # floor, not round: a fractional budget must never buy a batch it cannot pay for
+    total_steps = max(1, math.floor(epochs * n_batches + 1e-9))
     for epoch in range(start_epoch, n_epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)

@@ -1,0 +1,349 @@
+"""`rbench check`: rerun the pinned regression suite and compare robust accuracy with a committed
+baseline (design.md 1, "CI of this repo and of users").
+
+The pinned run (`Pinned`): the embedded `digits` suite, its `quick` protocol (APGD-CE + APGD-T,
+one restart, n_eval = 100, plus the suite's PGD), ratio 4 (ratio 1 for a dense-kind method), a
+compression budget of 1 AT-epoch, seed 0, on the CPU. Every registered method runs at its default
+configuration through `rbench.runner.Runner`, exactly as `rbench run` would. Measured with
+`time rbench check` (9 methods, dense model cached) on this dev box's 2-core x86_64 CPU, shared
+with other jobs (load average about 13): 11 min 40 s of CPU time, 35 min of wall time.
+
+Caching: the dense model comes from the artifact cache (trained once, then shared by every method
+and every later check; `fresh=True` retrains it). The compress and evaluate stages are always
+recomputed, in a scratch cache that is deleted afterwards, because their cache keys do not hash
+the methods' code and a regression check that reused them could not see a change of code.
+
+Tolerance, per method and per metric (AutoAttack and PGD robust accuracy): with k of n points
+correct now and baseline accuracy p0, the check fails when
+
+    p0 > upper(k, n) + slack,
+
+where upper is the upper end of the Wilson score interval of k/n at `confidence` (95% by default,
+two-sided, as in every record) and `slack` is 0.02 (two accuracy points). At n = 100 and accuracy
+0.6 this allows a drop of 9.1 + 2 = 11.1 points: the check catches breakage and large losses
+of robustness, not one-point changes, which n = 100 cannot tell from noise. On one machine the
+run is deterministic (same seed, same CPU), so unchanged code reproduces the baseline exactly.
+
+Methods not in the baseline are reported and not failed; a method whose `check` refuses the pinned
+ratio is skipped and reported; a method that crashes, or that is in the baseline but no longer
+registered, fails the check. `update=True` rewrites the suite's section of the baseline on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+
+import torch
+
+from rbench.errors import RbenchError
+from rbench.evaluate import wilson_interval
+from rbench.registry import Method, get_method, load_methods
+from rbench.runner import RunConfig, Runner, default_cache_dir
+from rbench.store import Store, atomic_write_json
+from rbench.suites import get_suite
+
+BASELINE_SCHEMA = "rbench.baseline/1"
+DEFAULT_BASELINE = Path("leaderboard") / "baseline.json"
+METRICS = ("autoattack", "pgd")  # what may not drop; clean accuracy is recorded for reading
+METRIC_NAMES = {"autoattack": "AutoAttack", "pgd": "PGD", "clean": "clean"}
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """The regression run: small enough for a 2-core CPU (see the module docstring)."""
+
+    suite: str = "digits"
+    protocol: str = "quick"
+    ratio: float = 4.0
+    epochs: float = 1.0  # compression budget, AT-epochs
+    seed: int = 0
+
+    def ratio_for(self, method: type[Method]) -> float:
+        return 1.0 if method.kind == "dense" else self.ratio
+
+    def describe(self) -> dict:
+        """The settings a baseline is valid for (the suite's version and n_eval included)."""
+        suite = get_suite(self.suite)
+        return {
+            **asdict(self),
+            "suite_version": suite.version,
+            "n_eval": suite.protocol(self.protocol).n_eval,
+        }
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    slack: float = 0.02
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slack < 1:
+            raise RbenchError(f"--tolerance must be in [0, 1), got {self.slack}")
+        if not 0 <= self.confidence < 1:
+            raise RbenchError(f"--confidence must be in [0, 1), got {self.confidence}")
+
+    def allowed_drop(self, correct: int, n: int) -> float:
+        """How far below the current estimate the baseline may lie before it is a regression."""
+        z = NormalDist().inv_cdf(0.5 + self.confidence / 2)
+        return wilson_interval(correct, n, z)[1] - correct / max(n, 1) + self.slack
+
+    def describe(self, n: int) -> str:
+        return f"Wilson {self.confidence:.0%} at n={n} + slack {100 * self.slack:.1f}"
+
+
+@dataclass
+class Comparison:
+    method: str
+    metric: str
+    baseline: float | None
+    now: float | None
+    allowed: float | None  # how far (a fraction) the baseline may lie above `now`
+    status: str  # pass | FAIL | new | updated | skipped | error | missing
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.baseline is None or self.now is None else self.baseline - self.now
+
+
+@dataclass
+class CheckReport:
+    rows: list[Comparison] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    baseline_path: Path | None = None
+    updated: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(r.status in ("FAIL", "error", "missing") for r in self.rows)
+
+
+class _DenseReuse(Store):
+    """Dense models from the persistent cache; every later stage in a scratch directory."""
+
+    def __init__(self, root: str | Path, scratch: str | Path) -> None:
+        super().__init__(root)
+        self.scratch = Path(scratch)
+
+    def dir(self, stage: str, key: str) -> Path:
+        return super().dir(stage, key) if stage == "dense" else self.scratch / stage / key
+
+
+# ------------------------------------------------------------------------------ baseline
+
+
+def load_baseline(path: Path) -> dict:
+    if not path.exists():
+        return {"schema": BASELINE_SCHEMA, "suites": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RbenchError(f"the baseline '{path}' is not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
+        raise RbenchError(f"'{path}' is not an rbench baseline (schema {BASELINE_SCHEMA})")
+    return data
+
+
+def _entry(record: dict) -> dict:
+    """What the baseline keeps of one run's record."""
+    m = record["metrics"]
+    return {
+        "variant": record["method"]["variant"],
+        "ratio": record["budget"]["ratio"],
+        "measured_ratio": round(record["compression"]["ratio"], 4),
+        "compute_epochs": round(record["compute"]["used_epochs"], 4),
+        **{k: {f: m[k][f] for f in ("accuracy", "correct", "n")} for k in ("clean", *METRICS)},
+        "flags": sorted(record["flags"]),
+        "compressed_sha256": record["hashes"]["compressed"],
+    }
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def select_methods(names: Sequence[str] | None) -> list[type[Method]]:
+    if names:
+        return [get_method(n) for n in dict.fromkeys(names)]
+    return sorted(load_methods().values(), key=lambda m: m.name)
+
+
+def measure(
+    method: type[Method],
+    pinned: Pinned,
+    *,
+    device: str,
+    dense_cache: Path,
+    scratch: Path,
+    results_dir: Path,
+    fresh: bool,
+    quiet: bool,
+) -> dict | str:
+    """The record of one pinned run, or the reason the method cannot run at the pinned ratio."""
+    cfg = RunConfig(
+        method=method.name,
+        ratio=pinned.ratio_for(method),
+        suite=pinned.suite,
+        seed=pinned.seed,
+        device=device,
+        protocol=pinned.protocol,
+        epochs=pinned.epochs,
+        results_dir=str(results_dir),
+        cache_dir=str(scratch),
+        quiet=quiet,
+    )
+    runner = Runner(cfg)
+    if not fresh:
+        runner.store = _DenseReuse(dense_cache, scratch)
+    try:
+        runner.method_cls(runner.config).check(runner.new_model(), runner.budget)
+    except RbenchError as exc:
+        return f"cannot run at the pinned ratio {cfg.ratio:g}: {exc}"
+    return runner.run()
+
+
+def compare(
+    name: str, entry: dict | None, record: dict, tol: Tolerance, update: bool = False
+) -> list[Comparison]:
+    rows = []
+    for metric in METRICS:
+        now = record["metrics"][metric]
+        base = None if entry is None else entry[metric]["accuracy"]
+        allowed = tol.allowed_drop(now["correct"], now["n"])
+        if update or base is None:
+            status = "updated" if update else "new"
+        else:
+            status = "FAIL" if base - now["accuracy"] > allowed + 1e-12 else "pass"
+        rows.append(Comparison(name, metric, base, now["accuracy"], allowed, status))
+    return rows
+
+
+def _crash(exc: Exception) -> str:
+    if isinstance(exc, RbenchError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__}: {exc} (at {Path(frame.filename).name}:{frame.lineno})"
+
+
+def failure_line(row: Comparison, n: int, tol: Tolerance) -> str:
+    return (
+        f"REGRESSION {row.method}: {METRIC_NAMES[row.metric]} robust accuracy fell from "
+        f"{100 * row.baseline:.1f}% to {100 * row.now:.1f}%, a drop of {100 * row.drop:.1f} "
+        f"points; allowed {100 * row.allowed:.1f} ({tol.describe(n)})"
+    )
+
+
+def run_check(
+    pinned: Pinned = Pinned(),
+    *,
+    baseline_path: Path = DEFAULT_BASELINE,
+    tolerance: Tolerance = Tolerance(),
+    methods: Sequence[str] | None = None,
+    update: bool = False,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    fresh: bool = False,
+    quiet: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> CheckReport:
+    """Run the pinned suite for `methods` (default: every registered one), compare with the
+    baseline, and with `update` write the new numbers into it. Raises RbenchError on bad input."""
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    baseline_path = Path(baseline_path)
+    baseline = load_baseline(baseline_path)
+    if not update and not baseline_path.exists():
+        raise RbenchError(
+            f"no baseline at '{baseline_path}'; create one with `rbench check --update`"
+        )
+    pinned_now = pinned.describe()
+    section = baseline["suites"].get(pinned.suite)
+    if section is not None and section.get("pinned") != pinned_now and not update:
+        raise RbenchError(
+            f"the baseline for '{pinned.suite}' was made with {section.get('pinned')}, the pinned "
+            f"run is now {pinned_now}; rerun with --update to accept the new settings"
+        )
+    entries = dict(section["methods"]) if section and section.get("pinned") == pinned_now else {}
+    selected = select_methods(methods)
+    report = CheckReport(baseline_path=baseline_path)
+    measured: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rbench-check-") as scratch:
+        scratch = Path(scratch)
+        out_dir = Path(results_dir) if results_dir else scratch / "records"
+        dense_cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        for method in selected:
+            start = time.perf_counter()
+            say(f"check: {method.name} on {pinned.suite} at ratio {pinned.ratio_for(method):g} ...")
+            try:
+                result = measure(
+                    method,
+                    pinned,
+                    device=device,
+                    dense_cache=dense_cache,
+                    scratch=scratch,
+                    results_dir=out_dir,
+                    fresh=fresh,
+                    quiet=quiet,
+                )
+            except Exception as exc:  # one broken method must not hide the others' results
+                report.rows.append(Comparison(method.name, "-", None, None, None, "error"))
+                report.messages.append(f"ERROR {method.name}: {_crash(exc)}")
+                continue
+            if isinstance(result, str):
+                report.rows.append(Comparison(method.name, "-", None, None, None, "skipped"))
+                report.messages.append(f"skipped {method.name}: {result}")
+                continue
+            say(f"check: {method.name} done in {time.perf_counter() - start:.0f} s")
+            measured[method.name] = _entry(result)
+            rows = compare(method.name, entries.get(method.name), result, tolerance, update)
+            report.rows += rows
+            n = result["metrics"]["autoattack"]["n"]
+            report.messages += [failure_line(r, n, tolerance) for r in rows if r.status == "FAIL"]
+            if not update and method.name not in entries:
+                report.messages.append(
+                    f"new {method.name}: not in the baseline; add it with `rbench check --update`"
+                )
+    gone = sorted(set(entries) - {m.name for m in selected}) if not methods else []
+    if update:
+        kept = {k: v for k, v in entries.items() if k not in gone}  # a crash keeps its guard
+        _write_update(baseline, baseline_path, pinned, pinned_now, {**kept, **measured})
+        report.updated = True
+        report.messages += [f"dropped {name}: no longer registered" for name in gone]
+        report.messages.append(
+            f"baseline '{baseline_path}' updated for {', '.join(sorted(measured)) or 'no method'}"
+        )
+        return report
+    for name in gone:
+        report.rows.append(Comparison(name, "-", None, None, None, "missing"))
+        report.messages.append(
+            f"MISSING {name}: in the baseline but no longer registered; "
+            f"run `rbench check --update` to drop it on purpose"
+        )
+    return report
+
+
+def _write_update(
+    baseline: dict, path: Path, pinned: Pinned, pinned_now: dict, entries: dict
+) -> None:
+    baseline["suites"][pinned.suite] = {
+        "pinned": pinned_now,
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+        "methods": dict(sorted(entries.items())),
+    }
+    baseline["note"] = (
+        "Written by `rbench check --update`; `rbench check` fails when a method's AutoAttack or "
+        "PGD robust accuracy falls below these by more than its tolerance (rbench.regress)."
+    )
+    atomic_write_json(path, baseline)

@@ -1,0 +1,245 @@
+"""`rbench validate` accepts a record the harness could have written and rejects, with one clear
+line each, every kind of problem: schema, suite, protocol, ratio, metrics, flags, compute, hashes,
+location, and input that is not safe JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+
+import pytest
+
+from rbench import validate as val
+from rbench.budget import compressible_layers
+from rbench.cli import main
+from rbench.evaluate import wilson_interval
+from rbench.models import build_model
+from rbench.records import validate_record
+from rbench.store import content_hash
+from rbench.suites import get_suite
+
+
+def _acc(k: int, n: int, **extra) -> dict:
+    return {"accuracy": k / n, "correct": k, "n": n, "ci95": list(wilson_interval(k, n)), **extra}
+
+
+def valid_record() -> dict:
+    """A digits/quick record written by hand from rbench.records' schema, consistent throughout."""
+    suite = get_suite("digits")
+    protocol = json.loads(json.dumps(asdict(suite.protocol("quick"))))
+    info = suite.data
+    model = build_model(suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
+    rows = [
+        {"layer": p, "dense": m.weight.numel(), "stored": m.weight.numel() // 4, "density": 0.25}
+        for p, m in compressible_layers(model).items()
+    ]
+    n_dense, n_stored = sum(r["dense"] for r in rows), sum(r["stored"] for r in rows)
+    config = {"variant": "harness", "scope": "layer", "lr": 0.01}
+    cache = {"dense": "0123456789abcdef", "compress": "1111111111111111", "evaluate": "2" * 16}
+    return {
+        "schema": "rbench.record/1",
+        "run_id": content_hash({"compress": cache["compress"], "evaluate": cache["evaluate"]}),
+        "created": "2025-01-01T00:00:00+00:00",
+        "suite": {
+            "name": "digits",
+            "version": suite.version,
+            "dataset": "digits",
+            "arch": suite.arch,
+            "threat": asdict(suite.threat),
+            "splits": {"train": 1197, "val": 200, "test": 400},
+        },
+        "method": {
+            "name": "magnitude",
+            "kind": "unstructured",
+            "variant": "harness",
+            "citation": "a paper",
+            "config": config,
+        },
+        "seed": 0,
+        "protocol": protocol,
+        "budget": {"ratio": 4.0, "epochs": 1.0},
+        "compression": {
+            "n_dense": n_dense,
+            "n_stored": n_stored,
+            "ratio": n_dense / n_stored,
+            "macs_ratio": 1.0,
+            "per_layer": rows,
+        },
+        "compute": {"used_epochs": 1.0, "budget_epochs": 1.0},
+        "metrics": {
+            "clean": _acc(345, 400, split="test"),
+            "clean_eval_points": _acc(91, 100),
+            "pgd": _acc(66, 100),
+            "autoattack": _acc(59, 100),
+        },
+        "flags": {},
+        "unreliable": False,
+        "cache": cache,
+        "environment": {"rbench": "0.1.0", "torch": "2", "pyautoattack": "0.2.0"},
+        "hashes": {
+            "dense": cache["dense"],
+            "compressed": "ab" * 32,
+            "config": content_hash(config),
+        },
+    }
+
+
+def _set(path: str, value):
+    def mutate(r: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            r = r[int(key)] if isinstance(r, list) else r[key]
+        if value is KeyError:
+            del r[last]
+        else:
+            r[last] = value
+
+    return mutate
+
+
+def _raise_stored(r: dict) -> None:
+    r["compression"]["per_layer"][1]["stored"] += 200
+    r["compression"]["n_stored"] += 200
+    r["compression"]["ratio"] = r["compression"]["n_dense"] / r["compression"]["n_stored"]
+
+
+def _aa_above_clean(r: dict) -> None:
+    r["metrics"]["autoattack"] = _acc(95, 100)
+    r["metrics"]["pgd"] = _acc(96, 100)
+
+
+# (kind of problem, mutation of the valid record, text the problem line must contain)
+PROBLEMS = [
+    ("schema: missing key", _set("hashes", KeyError), "'hashes' is a required property"),
+    ("schema: wrong type", _set("seed", "zero"), "at seed"),
+    ("suite unknown", _set("suite.name", "no-such-suite"), "'no-such-suite' is not a suite"),
+    ("suite version", _set("suite.version", 99), "version"),
+    ("suite threat", _set("suite.threat.eps", "0.3"), "threat model"),
+    ("protocol unknown", _set("protocol.name", "fast"), "has no protocol 'fast'"),
+    ("protocol settings", _set("protocol.apgd_restarts", 5), "differ from the suite's"),
+    ("n != n_eval", _set("metrics.autoattack", _acc(40, 80)), "n_eval is 100"),
+    ("ratio below requested", _raise_stored, "< requested 4"),
+    ("per-layer sums", _set("compression.n_dense", 27000), "do not add up to n_dense"),
+    ("accuracy != correct/n", _set("metrics.pgd.accuracy", 0.7), "is not correct/n = 66/100"),
+    ("interval excludes estimate", _set("metrics.pgd.ci95", [0.1, 0.2]), "does not contain"),
+    ("interval not Wilson", _set("metrics.pgd.ci95", [0.5, 0.9]), "is not the Wilson 95%"),
+    ("AutoAttack above clean", _aa_above_clean, "above clean accuracy on the same points"),
+    ("correct > n", _set("metrics.clean.correct", 401), "correct of only n=400"),
+    ("missing flag", _set("metrics.autoattack", _acc(70, 100)), "'autoattack_above_pgd'"),
+    ("unreliable", _set("unreliable", True), "'unreliable' is true"),
+    ("compute over budget", _set("compute.used_epochs", 1.2), "AT-epochs of a 1 budget"),
+    ("hash absent", _set("hashes.compressed", None), "'compressed' must be a 64-digit"),
+    ("config hash", _set("method.config.lr", 0.1), "not the hash of method.config"),
+    ("run id", _set("run_id", "f" * 16), "run_id does not match"),
+]
+
+
+def test_the_hand_built_record_is_valid():
+    record = valid_record()
+    validate_record(record)  # the harness's own schema check
+    assert val.record_problems(record) == []
+
+
+@pytest.mark.parametrize("kind,mutate,expected", PROBLEMS, ids=[p[0] for p in PROBLEMS])
+def test_each_problem_is_reported_in_one_line(kind, mutate, expected):
+    record = copy.deepcopy(valid_record())
+    mutate(record)
+    problems = val.record_problems(record)
+    assert any(expected in line for line in problems), problems
+    assert all("\n" not in line for line in problems)
+
+
+def _write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_cli_exit_codes_and_one_line_per_problem(tmp_path, capsys):
+    good = _write(tmp_path / "good.json", json.dumps(valid_record()))
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(good)])
+    assert exit_.value.code == 0
+    assert f"{good}: ok" in capsys.readouterr().out
+
+    bad_record = valid_record()
+    _raise_stored(bad_record)
+    bad_record["hashes"]["dense"] = ""
+    bad = _write(tmp_path / "bad.json", json.dumps(bad_record))
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(tmp_path)])
+    assert exit_.value.code == 2
+    out = capsys.readouterr().out.splitlines()
+    assert f"{good}: ok" in out and f"{bad}: ok" not in out
+    bad_lines = [line for line in out if line.startswith(f"{bad}: ")]
+    assert any("< requested 4" in line for line in bad_lines)
+    assert any("'dense' must be a 16-digit" in line for line in bad_lines)
+    assert out[-1] == "2 record(s) checked, 1 with problems"
+
+
+def test_required_protocol_for_leaderboard_entries():
+    problems = val.record_problems(valid_record(), require_protocol="standard")
+    assert problems == ["protocol: is 'quick', this submission needs 'standard'"]
+
+
+def test_entry_filed_under_another_suite(tmp_path):
+    path = _write(tmp_path / "entries" / "mnist5k" / "x.json", json.dumps(valid_record()))
+    (problems,) = val.validate_paths([tmp_path]).values()
+    assert problems == [
+        "location: filed under entries/mnist5k/ but is a record of suite 'digits'"
+    ], path
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('{"a": NaN}', "JSON constant NaN is not allowed"),
+        ('{"a": 1, "a": 2}', "key 'a' appears twice"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"schema": ', "is not valid JSON"),
+        ("[" * 100_000, "is not valid JSON"),
+    ],
+)
+def test_untrusted_json_is_refused(tmp_path, text, expected):
+    path = _write(tmp_path / "r.json", text)
+    (problems,) = val.validate_paths([path]).values()
+    assert len(problems) == 1 and expected in problems[0]
+
+
+def test_oversized_file_is_not_parsed(tmp_path, monkeypatch):
+    monkeypatch.setattr(val, "MAX_BYTES", 100)
+    path = _write(tmp_path / "r.json", json.dumps(valid_record()))
+    (problems,) = val.validate_paths([path]).values()
+    assert "more than the 100 a record may have" in problems[0]
+
+
+def test_links_inside_a_folder_are_not_followed(tmp_path):
+    secret = _write(tmp_path / "outside" / "secret.txt", "not a record")
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    (entries / "link.json").symlink_to(secret)
+    (entries / "linked_dir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    results = val.validate_paths([entries])
+    assert {p.name: v for p, v in results.items()} == {
+        "link.json": ["is a symbolic link; submit records as regular files"],
+        "linked_dir": ["is a linked directory; it was not followed"],
+    }
+
+
+def test_missing_path_and_empty_folder(tmp_path, capsys):
+    (problems,) = val.validate_paths([tmp_path / "nope.json"]).values()
+    assert problems == ["does not exist"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "no record files" in capsys.readouterr().err
+
+
+def test_record_text_cannot_break_the_one_line_output():
+    evil_name, long_value = valid_record(), valid_record()
+    evil_name["protocol"]["name"] = "quick\nok\x1b[2J"  # passes the schema, fails the protocol
+    long_value["created"] = 7 * ["x" * 1000]  # fails the schema with a long message
+    for record in (evil_name, long_value):
+        problems = val.record_problems(record)
+        assert problems and all(p.isprintable() and len(p) <= val.MAX_LINE for p in problems)
