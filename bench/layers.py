@@ -67,13 +67,19 @@ def finalize(model: nn.Module) -> nn.Module:
 
 
 def keep_counts(
-    sizes: dict[str, int], ratio: float, dense: Iterable[str] = (), scale: dict | None = None
+    sizes: dict[str, int],
+    ratio: float,
+    dense: Iterable[str] = (),
+    scale: dict | None = None,
+    exact: bool = False,
 ) -> dict[str, int]:
     """Surviving weights per layer for a layer-wise (uniform density) mask at `ratio`.
 
     Layers in `dense` are kept whole and paid for first; the rest share what is left of
     floor(N/ratio) in proportion to their size (times an optional per-layer `scale`, e.g. 0.5
-    for a layer pruned at half rate). The total never exceeds floor(N/ratio)."""
+    for a layer pruned at half rate). The total never exceeds floor(N/ratio); with `exact` the
+    rounding remainder goes, one weight each, to the layers with the largest fractional shares,
+    so the total is floor(N/ratio) exactly (where the layers have room)."""
     dense = set(dense)
     budget = math.floor(sum(sizes.values()) / ratio) - sum(sizes[p] for p in dense)
     pruned = {p: n * (scale or {}).get(p, 1.0) for p, n in sizes.items() if p not in dense}
@@ -85,6 +91,14 @@ def keep_counts(
     counts = {
         p: min(sizes[p], max(1, math.floor(budget * w / weight_total))) for p, w in pruned.items()
     }
+    if exact:
+        by_fraction = sorted(pruned, key=lambda p: -((budget * pruned[p] / weight_total) % 1))
+        left = budget - sum(counts.values())
+        while left > 0 and any(counts[p] < sizes[p] for p in pruned):
+            for p in by_fraction:
+                if left > 0 and counts[p] < sizes[p]:
+                    counts[p] += 1
+                    left -= 1
     counts.update({p: sizes[p] for p in dense})
     return counts
 
