@@ -210,6 +210,7 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
         "unreliable": any(f in UNRELIABLE for f in flags),
         "diagnostics": diagnostics,
         "timings": runner.stages.timings,
+        "latency": runner.latency,
         "cache": dict(keys),
         "environment": environment(runner.device),
         "hashes": {

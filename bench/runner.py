@@ -29,6 +29,7 @@ from rbench.checkpoint import (
 from rbench.context import Context
 from rbench.data import BatchLoader, DataSplits, load_data
 from rbench.errors import RbenchError
+from rbench.latency import measure_latency
 from rbench.layers import finalize, rebuild, structure_of
 from rbench.models import build_model
 from rbench.records import build_record, record_path, validate_record, write_record
@@ -127,6 +128,7 @@ class Runner:
         check_writable(self.results_dir)
         check_writable(self.store.root)
         self.stages = Stages()
+        self.latency: dict = {}
         self.budget = Budget(
             ratio=float(cfg.ratio),
             epochs=self.suite.compress_epochs if cfg.epochs is None else float(cfg.epochs),
@@ -162,6 +164,10 @@ class Runner:
         compressed, meta = self._timed("compress", lambda: self.compress(dense, on_device))
         compression = measure_compression(dense, compressed, self.suite.data.input_shape)
         verify_ratio(compression, self.budget.ratio, self.method_cls.name)
+        self.latency = {  # batch-1 forward time; apart from `compression`, which is exact
+            "dense": measure_latency(dense, self.suite.data.input_shape, self.device),
+            "compressed": measure_latency(compressed, self.suite.data.input_shape, self.device),
+        }
         try:
             metrics, flags = self._timed("evaluate", lambda: self.evaluate(compressed, on_device))
         except ShardDone as done:

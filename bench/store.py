@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,5 +134,7 @@ class Store:
         return meta, tensors
 
     def discard(self, stage: str, key: str) -> None:
+        """Remove an entry: first its meta.json (so it stops counting), then its files."""
         d = self.dir(stage, key)
         (d / "meta.json").unlink(missing_ok=True)
+        shutil.rmtree(d, ignore_errors=True)

@@ -43,7 +43,14 @@ def config(tmp_path, suite, sub, method="magnitude", ratio=4):
     )
 
 
-COMPARED = ("metrics", "compression", "hashes", "cache", "budget", "compute", "flags")
+COMPARED = ("metrics", "compression", "hashes", "cache", "budget", "flags")
+
+
+def same_run(a: dict, b: dict) -> None:
+    """Everything a run computes agrees; only timings, dates and cache reuse may differ."""
+    for key in COMPARED:
+        assert a[key] == b[key], key
+    assert a["compute"]["used_epochs"] == b["compute"]["used_epochs"]
 
 
 def test_interrupted_run_resumes_to_the_same_record(tmp_path, tiny_suite, monkeypatch):
@@ -82,8 +89,7 @@ def test_interrupted_run_resumes_to_the_same_record(tmp_path, tiny_suite, monkey
     resumed_runner = Runner(config(tmp_path, tiny_suite, "b"))
     resumed = resumed_runner.run()
     assert resumed_runner.stages.cached == {"dense": True, "compress": True}
-    for key in COMPARED:
-        assert resumed[key] == reference[key], key
+    same_run(resumed, reference)
 
 
 def test_second_method_reuses_the_dense_model(tmp_path, tiny_suite, capsys):
@@ -100,13 +106,17 @@ def test_second_method_reuses_the_dense_model(tmp_path, tiny_suite, capsys):
 
 def test_corrupt_cache_entry_is_detected_and_recomputed(tmp_path, tiny_suite, capsys):
     first = Runner(config(tmp_path, tiny_suite, "d")).run()
-    tensors = next((tmp_path / "d" / "c" / "dense").glob("*/tensors.safetensors"))
+    (tensors,) = [
+        p / "tensors.safetensors"
+        for p in (tmp_path / "d" / "c" / "dense").iterdir()
+        if (p / "meta.json").is_file()
+    ]
     data = bytearray(tensors.read_bytes())
     data[-10] ^= 0xFF
     tensors.write_bytes(bytes(data))
     runner = Runner(replace(config(tmp_path, tiny_suite, "d"), quiet=False))
     again = runner.run()
-    assert "corrupt" in capsys.readouterr().err
+    assert "cache entry is corrupt" in capsys.readouterr().err
     assert runner.stages.cached["dense"] is False
     assert again["metrics"] == first["metrics"]
 
@@ -142,7 +152,8 @@ def test_cli_prints_the_result_row_and_the_record_path(tmp_path, tiny_suite, cap
     assert f"{record['compression']['ratio']:.2f}" in out
     lo, hi = record["metrics"]["autoattack"]["ci95"]
     assert lo <= record["metrics"]["autoattack"]["accuracy"] <= hi
-    assert record["metrics"]["autoattack"]["accuracy"] <= record["metrics"]["clean"]["accuracy"]
+    robust, clean = record["metrics"]["autoattack"], record["metrics"]["clean_eval_points"]
+    assert robust["accuracy"] <= clean["accuracy"]
 
 
 def test_sharded_autoattack_merges_to_the_unsharded_result(tmp_path, tiny_suite):
