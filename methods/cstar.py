@@ -13,9 +13,10 @@ Algorithm (as implemented):
    every mode of every layer the smallest rank holding alpha of its energy (the mode-1 and
    mode-2 unfoldings' squared singular values), then a greedy by energy gained per stored
    parameter spends the leftover. `rank_rule=greedy` runs that greedy from rank 1 alone; it
-   starves the expensive layers (the mnist5k smallcnn's 1568 x 100 linear got rank 1 at B = 16,
-   and the run scored clean 28.0% / AutoAttack 17.0% against 94.5% / 87.0% with the threshold;
-   `rbench run --method cstar --ratio 16 --protocol quick`, 2-core x86_64 CPU, this dev box).
+   starves the expensive layers: the mnist5k smallcnn's 1568 x 100 linear gets rank 1 at B = 16
+   and the run scores clean 28.3% / AutoAttack 18.5%, against 94.4% / 87.0% with the threshold
+   (`rbench run --method cstar --ratio 16 --protocol quick [--opt rank_rule=greedy]`; 2-core
+   x86_64 CPU, this dev box).
    Ranks are fixed from here on (projection, decomposition and count use the same ones).
 2. ADMM under PGD-AT: loss CE(f(x_adv)) + sum_l rho/2 ||W_l - Z_l + D_l||^2 (`rbench.admm`);
    Z-step Z_l = TuckerProj_{r1,r2}(W_l + D_l) (HOSVD, optional HOOI sweeps; truncated SVD for

@@ -40,8 +40,8 @@ Kaiming-uniform matrix; conv: random orthonormal U, V and S = diag(sorted |N(0, 
 zero, every factorised conv given one; BatchNorm reset). On the BatchNorm-free smallcnn at the
 ranks of B = 16 it does not train within the budget: each rank-r layer passes about r/m of its
 input energy, the logits' standard deviation falls to 2e-4, and the paper variant scored 8.8%
-clean (`rbench run --method orth-lowrank --ratio 16 --protocol quick --opt variant=paper`, with
-that init; 2-core x86_64 CPU, this dev box).
+clean (`rbench run --method orth-lowrank --ratio 16 --protocol quick --opt variant=paper
+--opt init=random`; 2-core x86_64 CPU, this dev box).
 
 Deviations: (S, U, V) are conditioned once at initialisation too, so the constraint holds from the
 first forward pass; conv layers run as three convolutions, not F.unfold (methods.md 5(f)); the
