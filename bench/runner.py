@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,6 +25,14 @@ from rbench.checkpoint import (
     read_checkpoint,
     restore_optimizer,
 )
+from rbench.config import (  # noqa: F401  (re-exported: the runner's public interface)
+    RunConfig,
+    Stages,
+    check_ratio,
+    check_writable,
+    default_cache_dir,
+    resolve_device,
+)
 from rbench.context import Context
 from rbench.data import BatchLoader, DataSplits, load_data
 from rbench.errors import RbenchError
@@ -35,67 +42,11 @@ from rbench.models import build_model
 from rbench.records import build_record, record_path, validate_record, write_record
 from rbench.registry import get_method, make_config, nondefault
 from rbench.store import CorruptArtifact, Store, content_hash, sha256_file
-from rbench.suites import DEFAULT_SUITE, Suite, get_suite
+from rbench.suites import Suite, get_suite
 from rbench.train import fit
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
 STAGE_VERSIONS = {"dense": 1, "compress": 1, "evaluate": 1}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RBENCH_CACHE", Path.home() / ".cache" / "rbench"))
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    method: str
-    ratio: float
-    suite: str = DEFAULT_SUITE
-    seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
-    opts: tuple[tuple[str, str], ...] = ()
-    protocol: str | None = None
-    epochs: float | None = None  # compression budget override, AT-epochs
-    dense_checkpoint: str | None = None
-    results_dir: str = "results"
-    cache_dir: str | None = None
-    quiet: bool = False
-    shard: tuple[int, int] | None = None  # (i, n): compute only AutoAttack chunk i of every n
-
-
-@dataclass
-class Stages:
-    """What happened in each stage, for the record and for the user."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    cached: dict[str, bool] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RbenchError("--device cuda was asked for but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise RbenchError(f"unknown device '{name}' (choose auto, cpu or cuda)")
-    return torch.device(name)
-
-
-def check_ratio(ratio: float) -> None:
-    if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
-        raise RbenchError(f"--ratio must be a finite number >= 1, got {ratio}")
-
-
-def check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".rbench-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RbenchError(f"cannot write to '{directory}' ({exc.strerror or exc})") from None
 
 
 class ShardDone(Exception):
