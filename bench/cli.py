@@ -8,32 +8,17 @@ import click
 from tabulate import tabulate
 
 from rbench import __version__
+from rbench.config import RunConfig, parse_opts, parse_shard
 from rbench.errors import RbenchError
 from rbench.suites import DEFAULT_SUITE
-
-
-def _pct(entry: dict) -> str:
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    index, sep, count = text.partition("/")
-    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
-        raise RbenchError(f"--shard expects I/N like 0/4, got '{text}'")
-    return int(index), int(count)
-
-
-def _parse_opts(opts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in opts:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RbenchError(f"--opt expects key=value, got '{item}'")
-        pairs.append((key.strip(), value.strip()))
-    return tuple(pairs)
+from rbench.tables import (
+    checkpoint_diagnostics,
+    diagnostics_table,
+    methods_table,
+    record_diagnostics,
+    result_table,
+    suites_table,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,7 +133,7 @@ def run(
     shard,
 ) -> None:
     """Compress a suite's dense model with METHOD at RATIO and evaluate it."""
-    from rbench.runner import RunConfig, Runner
+    from rbench.runner import Runner
 
     cfg = RunConfig(
         method=method,
@@ -157,14 +142,14 @@ def run(
         seed=seed,
         device=device,
         data_root=data_root,
-        opts=_parse_opts(opts),
+        opts=parse_opts(opts),
         protocol=protocol,
         epochs=epochs,
         dense_checkpoint=dense_checkpoint,
         results_dir=results_dir,
         cache_dir=cache_dir,
         quiet=quiet,
-        shard=_parse_shard(shard),
+        shard=parse_shard(shard),
     )
     record = Runner(cfg).run()
     if "_shard" in record:
@@ -215,22 +200,10 @@ def sweep(
     slurm_timeout_min,
 ) -> None:
     """Run every (method, ratio, seed) as its own job, sharing one cache; rerun to resume."""
-    from rbench.registry import get_method
-    from rbench.runner import RunConfig, check_ratio
-    from rbench.suites import get_suite
+    from rbench.sweep import parse_grid
     from rbench.sweep import sweep as run_sweep
 
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in method_list:
-        get_method(m)
-    get_suite(suite)
-    try:
-        ratio_list = [float(r) for r in ratios.split(",")]
-        seed_list = [int(s) for s in seeds.split(",")]
-    except ValueError:
-        raise RbenchError("--ratios and --seeds take comma-separated numbers") from None
-    for r in ratio_list:
-        check_ratio(r)
+    method_list, ratio_list, seed_list = parse_grid(methods, ratios, seeds, suite)
     base = RunConfig(
         method="",
         ratio=1,
@@ -259,28 +232,6 @@ def sweep(
         raise SystemExit(1)
 
 
-def result_table(records: list[dict]) -> str:
-    rows = []
-    for r in records:
-        m, c = r["metrics"], r["compression"]
-        rows.append(
-            {
-                "suite": r["suite"]["name"],
-                "method": r["method"]["name"],
-                "variant": r["method"]["variant"],
-                "ratio (req)": f"{r['budget']['ratio']:g}",
-                "ratio (measured)": f"{c['ratio']:.2f}",
-                "MACs ratio": f"{c['macs_ratio']:.2f}",
-                "clean %": _pct(m["clean"]),
-                "PGD %": _pct(m["pgd"]),
-                "AutoAttack %": _pct(m["autoattack"]),
-                "compute (AT-ep)": f"{r['compute']['used_epochs']:.2f}/{r['compute']['budget_epochs']:g}",
-                "protocol": f"{r['protocol']['name']} n={m['autoattack']['n']}",
-            }
-        )
-    return tabulate(rows, headers="keys", tablefmt="github")
-
-
 @cli.group("list")
 def list_() -> None:
     """List registered methods or suites."""
@@ -289,37 +240,13 @@ def list_() -> None:
 @list_.command("methods")
 def list_methods() -> None:
     """Registered compression methods (in-tree and from installed plugins)."""
-    from rbench.registry import load_methods
-
-    rows = [
-        {"method": m.name, "kind": m.kind, "variants": ",".join(m.variants), "what": m.summary()}
-        for m in sorted(load_methods().values(), key=lambda m: m.name)
-    ]
-    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+    click.echo(methods_table())
 
 
 @list_.command("suites")
 def list_suites() -> None:
     """Known suites: dataset, architecture, threat model, budget and protocols."""
-    from rbench.suites import SUITES
-
-    rows = []
-    for s in SUITES.values():
-        rows.append(
-            {
-                "suite": s.name + (" (default)" if s.name == DEFAULT_SUITE else ""),
-                "data": s.dataset + ("" if s.data.embedded else " (--data-root)"),
-                "arch": s.arch,
-                "threat": str(s.threat),
-                "dense recipe": f"{s.dense.epochs} ep PGD-{s.dense.attack.steps} {s.dense.optimizer}",
-                "budget": f"{s.compress_epochs:g} AT-ep",
-                "protocols": ", ".join(
-                    f"{p.name}{'*' if p.name == s.default_protocol else ''} (n={p.n_eval})"
-                    for p in s.protocols
-                ),
-            }
-        )
-    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+    click.echo(suites_table())
     click.echo("* the protocol a run uses unless --protocol says otherwise")
 
 
@@ -347,9 +274,9 @@ def diagnose(record_path, checkpoint, suite, data_root, points, as_json) -> None
     if (record_path is None) == (checkpoint is None):
         raise RbenchError("give exactly one of --record or --checkpoint")
     if record_path is not None:
-        diagnostics = _record_diagnostics(record_path)
+        diagnostics = record_diagnostics(record_path)
     else:
-        diagnostics = _checkpoint_diagnostics(checkpoint, suite, data_root, points)
+        diagnostics = checkpoint_diagnostics(checkpoint, suite, data_root, points)
     if as_json:
         click.echo(json.dumps(diagnostics, indent=2))
         return
@@ -358,93 +285,6 @@ def diagnose(record_path, checkpoint, suite, data_root, points, as_json) -> None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # records are untrusted
         raise RbenchError(f"the diagnostics are malformed ({type(exc).__name__}: {exc})") from None
     click.echo(table)
-
-
-def _record_diagnostics(path: str) -> dict:
-    import json
-    from pathlib import Path
-
-    from rbench.records import validate_record
-
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RbenchError(f"cannot read record '{path}': {exc}") from None
-    if not isinstance(record, dict):
-        raise RbenchError(f"record '{path}' is not a JSON object")
-    validate_record(record)
-    if not record.get("diagnostics", {}).get("layers"):
-        raise RbenchError(f"record '{path}' carries no spectral diagnostics; run it again")
-    return record["diagnostics"]
-
-
-def _checkpoint_diagnostics(path: str, suite_name: str, data_root, points: int) -> dict:
-    from rbench.checkpoint import load_state, read_checkpoint
-    from rbench.data import load_data
-    from rbench.models import build_model
-    from rbench.runner import _strip_model_prefix
-    from rbench.spectral import diagnose
-    from rbench.suites import get_suite
-
-    suite = get_suite(suite_name)
-    info = suite.data
-    model = build_model(suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
-    state = read_checkpoint(path)
-    load_state(model, _strip_model_prefix(state, model), f"checkpoint '{path}'")
-    x = None
-    if points:
-        try:
-            test = load_data(suite.dataset, data_root).test
-            x = test.head(suite.protocol().n_eval).head(points).images(slice(None))
-        except RbenchError as exc:
-            click.echo(f"note: no local Lipschitz estimate ({exc})", err=True)
-    return diagnose(model.eval(), info.input_shape, x)
-
-
-def diagnostics_table(diagnostics: dict) -> str:
-    """The per-layer table `rbench diagnose` prints, then the network summary."""
-
-    def num(v, fmt=".3g") -> str:
-        return "inf" if v is None else format(v, fmt)
-
-    rows = []
-    for r in diagnostics.get("layers", []):
-        op = r.get("operator", {})
-        rows.append(
-            {
-                "layer": r["layer"],
-                "type": r["type"],
-                "shape": "x".join(map(str, r["shape"])) if r.get("shape") else "?",
-                "stored": r["stored"],
-                "density": num(r.get("density"), ".3f"),
-                "sigma_max": num(r.get("sigma_max")),
-                "sigma_min": num(r.get("sigma_min")),
-                "cond": num(r.get("condition_number")),
-                "cond (rank)": num(r.get("condition_number_rank")),
-                "rank": r.get("numerical_rank", "?"),
-                "stable rank": num(r.get("stable_rank")),
-                "core cond": num(r["core"].get("condition_number")) if "core" in r else "",
-                "op norm (FFT)": (num(op["sigma_max"]) + ("" if op["exact"] else " (bound)"))
-                if op
-                else "",
-                "op norm (power)": num(op["power_iteration"]) if op else "",
-            }
-        )
-    s = diagnostics.get("summary", {})
-    lines = [tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)]
-    lines.append(
-        f"condition number: geometric mean {num(s.get('condition_number_geomean'))}, "
-        f"max {num(s.get('condition_number_max'))}; log10 Lipschitz bound "
-        f"{num(s.get('lipschitz_bound_log10'), '.3f')}"
-        + ("" if s.get("lipschitz_bound_rigorous", True) else " (not rigorous: unknown modules)")
-    )
-    if "local_lipschitz" in s:
-        loc = s["local_lipschitz"]
-        lines.append(
-            f"local Lipschitz on {loc['points']} test points: max {loc['max']:.3g}, "
-            f"mean {loc['mean']:.3g} (l2 ball of radius {loc['radius']:g})"
-        )
-    return "\n".join(lines)
 
 
 @cli.command()

@@ -68,3 +68,22 @@ def check_writable(directory: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise RbenchError(f"cannot write to '{directory}' ({exc.strerror or exc})") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        raise RbenchError(f"--shard expects I/N like 0/4, got '{text}'")
+    return int(index), int(count)
+
+
+def parse_opts(opts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RbenchError(f"--opt expects key=value, got '{item}'")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

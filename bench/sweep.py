@@ -117,3 +117,22 @@ def sweep(
                 say(f"  FAILED {job.name}: {manifest[job.name]['error']}")
             atomic_write_json(path, manifest)
     return {j.name: manifest[j.name] for j in jobs}
+
+
+def parse_grid(methods: str, ratios: str, seeds: str, suite: str):
+    """The CLI's comma-separated lists, checked before anything is submitted."""
+    from rbench.registry import get_method
+    from rbench.runner import check_ratio
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in method_list:
+        get_method(m)
+    get_suite(suite)
+    try:
+        ratio_list = [float(r) for r in ratios.split(",")]
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise RbenchError("--ratios and --seeds take comma-separated numbers") from None
+    for r in ratio_list:
+        check_ratio(r)
+    return method_list, ratio_list, seed_list
