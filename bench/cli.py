@@ -185,6 +185,12 @@ def run(
 @click.option("--slurm-partition", default=None, help="Slurm partition (with --executor slurm).")
 @click.option("--slurm-gpus", default=1, show_default=True, type=int)
 @click.option("--slurm-timeout-min", default=24 * 60, show_default=True, type=int)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs running at once (default: one per CPU core locally, all on Slurm).",
+)
 def sweep(
     methods,
     ratios,
@@ -198,6 +204,7 @@ def sweep(
     slurm_partition,
     slurm_gpus,
     slurm_timeout_min,
+    max_parallel,
 ) -> None:
     """Run every (method, ratio, seed) as its own job, sharing one cache; rerun to resume."""
     from rbench.sweep import parse_grid
@@ -225,6 +232,7 @@ def sweep(
         executor,
         slurm,
         say=lambda m: click.echo(m, err=True),
+        max_parallel=max_parallel,
     )
     failed = [name for name, r in results.items() if r["status"] != "done"]
     click.echo(f"{len(results) - len(failed)} done, {len(failed)} failed")

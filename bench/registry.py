@@ -51,6 +51,17 @@ class Method:
     def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
         raise NotImplementedError
 
+    def finetune_lr(self, ctx, configured: float | None, paper: float) -> float:
+        """The fine-tuning learning rate: the configured one, else the paper's in the paper
+        variant, else the suite's `finetune_lr` (the common protocol's rate for every method)."""
+        if configured is not None:
+            return configured
+        return (
+            paper
+            if getattr(self.config, "variant", "harness") == "paper"
+            else ctx.suite.finetune_lr
+        )
+
     @classmethod
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()

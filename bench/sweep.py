@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,11 +28,16 @@ class Job:
         return f"{self.method}-r{self.ratio:g}-s{self.seed}"
 
 
-def run_job(cfg: RunConfig, suite: Suite | None = None) -> dict:
+def run_job(cfg: RunConfig, suite: Suite | None = None, threads: int | None = None) -> dict:
     """What a worker runs: one complete rbench run. Returns where its record went. `suite` carries
-    the parent's suite definition, so suites registered at run time (plugins, tests) work too."""
+    the parent's suite definition, so suites registered at run time (plugins, tests) work too;
+    `threads` shares the CPU between the jobs running side by side."""
     if suite is not None:
         register_suite(suite)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     record = Runner(cfg).run()
     return {"record": record["_path"], "autoattack": record["metrics"]["autoattack"]["accuracy"]}
 
@@ -79,9 +86,13 @@ def sweep(
     executor: str = "local",
     slurm: dict | None = None,
     say=print,
+    max_parallel: int | None = None,
+    poll_s: float = 1.0,
 ) -> dict[str, dict]:
-    """Run the grid; returns {job name: {"status": "done"|"failed", ...}} and keeps a manifest."""
-    jobs = [Job(m, float(r), int(s)) for m, r, s in itertools.product(methods, ratios, seeds)]
+    """Run the grid with at most `max_parallel` jobs at once (local default: one per CPU core,
+    each given an equal share of the threads); returns {job name: {"status": "done"|"failed",
+    ...}} and keeps a manifest. Jobs go seed by seed, so each dense model is trained once early."""
+    jobs = [Job(m, float(r), int(s)) for s, m, r in itertools.product(seeds, methods, ratios)]
     path = manifest_path(base, jobs)
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     todo = [
@@ -96,19 +107,28 @@ def sweep(
         f"sweep: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"({executor} executor); manifest {path}"
     )
-    if todo:
-        ex = _executor(executor, path.parent / f"{path.stem}-logs", slurm or {})
-        suite = get_suite(base.suite)
-        submitted = [
-            (
-                j,
-                ex.submit(
-                    run_job, replace(base, method=j.method, ratio=j.ratio, seed=j.seed), suite
-                ),
-            )
-            for j in todo
-        ]
-        for job, handle in submitted:
+    if not todo:
+        return {j.name: manifest[j.name] for j in jobs}
+    ex = _executor(executor, path.parent / f"{path.stem}-logs", slurm or {})
+    suite = get_suite(base.suite)
+    cores = os.cpu_count() or 1
+    if executor == "debug":
+        max_parallel = 1  # the debug executor runs a job only when its result is asked for
+    elif max_parallel is None:
+        max_parallel = cores if executor == "local" else len(todo)
+    threads = max(1, cores // max_parallel) if executor == "local" else None
+    pending, running = list(todo), []
+    while pending or running:
+        while pending and len(running) < max_parallel:
+            j = pending.pop(0)
+            cfg = replace(base, method=j.method, ratio=j.ratio, seed=j.seed)
+            running.append((j, ex.submit(run_job, cfg, suite, threads)))
+        finished = [(j, h) for j, h in running if executor == "debug" or h.done()]
+        if not finished:
+            time.sleep(poll_s)
+            continue
+        for job, handle in finished:
+            running.remove((job, handle))
             try:
                 manifest[job.name] = {"status": "done", **handle.result()}
                 say(f"  done   {job.name}: AutoAttack {manifest[job.name]['autoattack']:.3f}")

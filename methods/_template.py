@@ -46,7 +46,7 @@ class TemplateConfig(MethodConfig):
     """The paper's defaults; every field becomes an `--opt key=value` override."""
 
     variant: Literal["harness", "paper"] = "harness"
-    lr: float = 0.01
+    lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's (paper)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int | None = None  # None: the suite's
@@ -76,7 +76,7 @@ class TemplateMethod(Method):
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         masks = score_and_select(model, budget.ratio)
         apply_masks(model, masks)
-        fine_tune(model, self.config, ctx)
+        fine_tune(model, self.config, ctx, lr=self.finetune_lr(ctx, self.config.lr, paper=0.01))
         ctx.report["layer_density"] = {
             path: float(mask.float().mean()) for path, mask in masks.items()
         }
@@ -88,13 +88,13 @@ def score_and_select(model: nn.Module, ratio: float) -> dict[str, torch.Tensor]:
     return magnitude_masks(model, ratio, scope="global")
 
 
-def fine_tune(model: nn.Module, cfg: TemplateConfig, ctx) -> None:
+def fine_tune(model: nn.Module, cfg: TemplateConfig, ctx, lr: float) -> None:
     """Step 3: train the survivors through ctx (so the compute is metered), masks fixed."""
     loss = "ce" if cfg.variant == "paper" else "adv"
     ctx.fit(
         model,
         epochs=ctx.affordable_epochs(loss=loss),
-        lr=cfg.lr,
+        lr=lr,
         optimizer="sgd",
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,

@@ -54,7 +54,7 @@ inputs (the dense model's statistics were gathered on adversarial inputs).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -74,7 +74,7 @@ class CstarConfig(MethodConfig):
     variant: Literal["harness", "paper"] = "harness"
     rank_rule: Literal["threshold", "greedy"] = "threshold"  # rbench.ranks.plan_global
     admm_share: float = 0.5  # of the compute budget; the rest fine-tunes
-    lr: float = 0.01
+    lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
     momentum: float = 0.9
     weight_decay: float = 0.0
     rho: float | None = None  # None: the variant's (paper 1e-3, harness 0.1 / lr)
@@ -243,7 +243,7 @@ class Cstar(Method):
         dense_layers(model, budget.ratio, self.config)
 
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
-        cfg = self.config
+        cfg = replace(self.config, lr=self.finetune_lr(ctx, self.config.lr, paper=0.01))
         dense = dense_layers(model, budget.ratio, cfg)
         if len(dense) < cfg.keep_first_conv + cfg.keep_last_linear:
             ctx.log(f"ratio {budget.ratio:g} needs more layers factorised; dense: {dense}")

@@ -63,7 +63,7 @@ class HydraConfig(MethodConfig):
     prune_epochs: float = 20.0  # the paper's phase lengths; only their ratio survives
     finetune_epochs: float = 100.0  # the budget scaling
     prune_lr: float = 0.1
-    finetune_lr: float = 0.01
+    finetune_lr: float | None = None  # None: Method.finetune_lr (paper: 0.01)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     trades_beta: float = 6.0
@@ -136,7 +136,7 @@ class Hydra(Method):
             model,
             ctx,
             epochs=ctx.affordable_epochs(loss=self.loss),
-            lr=self.config.finetune_lr,
+            lr=self.finetune_lr(ctx, self.config.finetune_lr, paper=0.01),
             hooks=StepHooks(after_backward=mask_gradients, after_step=reapply_masks),
             tag="adversarial fine-tuning",
         )

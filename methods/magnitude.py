@@ -5,7 +5,8 @@ of Sehwag et al. 2019: prune the adversarially trained dense model once to a uni
 density 1/B by |w|, then fine-tune the survivors with the suite's adversarial loss.
 
 Paper defaults: fine-tune 100 epochs, SGD lr 0.01 cosine, momentum 0.9, wd 1e-4 (HYDRA code path).
-Harness variant: the same recipe compressed into the harness budget (all of `budget.epochs`).
+Harness variant: the same recipe compressed into the harness budget (all of `budget.epochs`), at
+the suite's fine-tuning rate (`Suite.finetune_lr`).
 The "paper" variant keeps HYDRA's TRADES loss; the "harness" variant uses the suite's PGD-AT loss.
 Same criterion as `lth-adv`, without rewinding or iteration: its natural control.
 """
@@ -27,7 +28,7 @@ from rbench.train import StepHooks
 class MagnitudeConfig(MethodConfig):
     variant: Literal["harness", "paper"] = "harness"
     scope: Literal["layer", "global"] = "layer"  # HYDRA's LWM: layer-wise uniform
-    lr: float = 0.01
+    lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int | None = None  # None: the suite's
@@ -57,7 +58,7 @@ class Magnitude(Method):
         ctx.fit(
             model,
             epochs=ctx.affordable_epochs(loss=loss),
-            lr=cfg.lr,
+            lr=self.finetune_lr(ctx, cfg.lr, paper=0.01),
             optimizer="sgd",
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,

@@ -68,7 +68,7 @@ from rbench.ranks import fraction_ranks, matrix_cost
 from rbench.registry import Method, MethodConfig, register_method
 
 PAPER = {"lr": 0.1, "momentum": 0.3, "batch_size": 128}  # scripts/*.sh, LeNet-5 on MNIST
-HARNESS = {"lr": 0.01, "momentum": 0.9, "batch_size": None}
+HARNESS = {"momentum": 0.9, "batch_size": None}  # lr: the suite's finetune_lr
 
 
 @dataclass
@@ -77,7 +77,7 @@ class OrthLowRankConfig(MethodConfig):
     tau: float = 0.1  # cond(S) <= 1 + tau; the paper runs 0.1 and 0.5
     mode: Literal["approx", "mean"] = "approx"
     init: Literal["dense-svd", "random"] = "dense-svd"  # the shared dense model, or the paper's
-    lr: float | None = None  # None: the variant's (PAPER / HARNESS above)
+    lr: float | None = None  # None: the suite's finetune_lr (harness), PAPER's (paper)
     momentum: float | None = None
     batch_size: int | None = None
     max_epochs: float = 120.0  # the paper's run length, in epochs of its own loss
@@ -261,7 +261,8 @@ class OrthLowRank(Method):
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         cfg = self.config
         defaults = PAPER if cfg.variant == "paper" else HARNESS
-        lr, momentum = cfg.lr or defaults["lr"], cfg.momentum or defaults["momentum"]
+        lr = self.finetune_lr(ctx, cfg.lr, paper=PAPER["lr"])
+        momentum = cfg.momentum or defaults["momentum"]
         ranks, f, last = select_ranks(model, budget.ratio)
         paper = cfg.variant == "paper"
         to_usv(model, ranks, cfg.init, ctx.generator("condlr-init"))

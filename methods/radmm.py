@@ -91,8 +91,8 @@ class RADMMConfig(MethodConfig):
     admm_epochs: float = 200.0  # paper's phase lengths; only their ratio and
     admm_epoch: float = 20.0  # the number of Z-updates survive the budget scaling
     retrain_epochs: float = 200.0
-    admm_lr: float = 0.01
-    retrain_lr: float = 0.01
+    admm_lr: float | None = None  # None: Method.finetune_lr (paper: 0.01)
+    retrain_lr: float | None = None  # likewise
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int | None = None  # None: the suite's
@@ -228,7 +228,7 @@ class RADMM(Method):
         ctx.fit(
             model,
             epochs=epochs,
-            lr=cfg.admm_lr,
+            lr=self.finetune_lr(ctx, cfg.admm_lr, paper=0.01),
             optimizer="sgd",
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
@@ -258,7 +258,7 @@ class RADMM(Method):
         ctx.fit(
             model,
             epochs=ctx.affordable_epochs(),
-            lr=cfg.retrain_lr,
+            lr=self.finetune_lr(ctx, cfg.retrain_lr, paper=0.01),
             optimizer="sgd",
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,

@@ -85,7 +85,7 @@ class SparseRobustConfig(MethodConfig):
     power: float = 1.0
     iter_stop: int = 14_000
     splice_share: float = 0.5  # of the budget, for the splicing phase
-    lr: float = 0.01
+    lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int | None = None  # None: the suite's
@@ -146,7 +146,7 @@ class SparseRobust(Method):
         ctx.fit(
             model,
             epochs=ctx.affordable_epochs(share, loss=loss),
-            lr=cfg.lr,
+            lr=self.finetune_lr(ctx, cfg.lr, paper=0.01),
             optimizer="sgd",
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,

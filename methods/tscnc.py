@@ -155,7 +155,7 @@ class TSCNCConfig(MethodConfig):
     eps_scale: float = 1e-6
     prune_epochs: float = 20.0  # HYDRA's phase lengths (UNVERIFIED); only their ratio
     finetune_epochs: float = 100.0  # survives the budget scaling
-    lr: float = 0.01
+    lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
     score_lr: float = 0.1  # prune="scores" only: HYDRA's score learning rate
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -252,7 +252,7 @@ class TSCNC(Method):
             model,
             ctx,
             epochs=ctx.affordable_epochs(self._prune_share()),
-            lr=self.config.lr,
+            lr=self.finetune_lr(ctx, self.config.lr, paper=0.01),
             hooks=StepHooks(regularizer=self.penalty(nu, conditioning=False)),
             tag="TSC sparsification",
         )
@@ -284,7 +284,7 @@ class TSCNC(Method):
             model,
             ctx,
             epochs=ctx.affordable_epochs(),
-            lr=self.config.lr,
+            lr=self.finetune_lr(ctx, self.config.lr, paper=0.01),
             hooks=StepHooks(
                 regularizer=self.penalty(nu, conditioning=True),
                 after_backward=mask_gradients,

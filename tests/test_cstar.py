@@ -69,7 +69,7 @@ def test_update_steps_per_variant():
 
 
 def test_admm_pulls_the_weights_towards_the_tucker_set(trained_digits_model, make_ctx):
-    model, cfg = trained_digits_model, CstarConfig(admm_updates=3, admm_share=1.0)
+    model, cfg = trained_digits_model, CstarConfig(admm_updates=3, admm_share=1.0, lr=0.05)
     ranks = select_ranks(model, 8, dense_layers(model, 8, cfg))
     ctx = make_ctx(ratio=8, epochs=3.0)
     admm_phase(model, ranks, cfg, ctx)
