@@ -33,10 +33,21 @@ def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the forward pass uses, with any pruning mask applied."""
-    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):  # torch.nn.utils.prune
+    """The weight the forward pass uses, with any pruning mask applied. Only a real
+    torch.nn.utils.prune hook counts: `weight_orig`/`weight_mask` attributes without one leave the
+    forward pass on the dense `weight`, so that is what gets counted."""
+    if _pruning_hook(module) and hasattr(module, "weight_mask"):
         return module.weight_orig * module.weight_mask
     return module.weight
+
+
+def _pruning_hook(module: nn.Module) -> bool:
+    from torch.nn.utils.prune import BasePruningMethod
+
+    return any(
+        isinstance(hook, BasePruningMethod) and hook._tensor_name == "weight"
+        for hook in module._forward_pre_hooks.values()
+    )
 
 
 def stored_tensors(model: nn.Module) -> list[tuple[str, int, int]]:
