@@ -1,38 +1,35 @@
 """Bad input gets one clear line on stderr and exit code 2, and nothing is written."""
 
 import pickle
+import re
 
 import pytest
-from safetensors.torch import save_file
-
-from rbench.cli import main
 
 
 @pytest.fixture
-def dense_ckpt(tmp_path, trained_digits_model):
-    path = tmp_path / "dense.safetensors"
-    save_file({k: v.contiguous() for k, v in trained_digits_model.state_dict().items()}, path)
-    return path
+def run_cli(cli, tmp_path):
+    """run_cli(*args) -> (exit code, stderr, files written) of `rbench run ARGS -q`."""
 
+    def run(*args):
+        results, cache = tmp_path / "results", tmp_path / "cache"
+        code, _, err = cli(
+            "run", *args, "--results-dir", str(results), "--cache-dir", str(cache), "-q"
+        )
+        written = [p for p in results.rglob("*") if p.is_file()] if results.exists() else []
+        return code, err.strip(), written
 
-def run_cli(capsys, tmp_path, *args):
-    results, cache = tmp_path / "results", tmp_path / "cache"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", *args, "--results-dir", str(results), "--cache-dir", str(cache), "-q"])
-    err = capsys.readouterr().err.strip()
-    written = [p for p in results.rglob("*") if p.is_file()] if results.exists() else []
-    return exit_info.value.code, err, written
+    return run
 
 
 def assert_one_line_error(code, err, written, pattern):
     assert code == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    import re
-
     assert re.search(pattern, lines[0]), lines[0]
     assert written == []
 
+
+MAGNITUDE_ON_DIGITS = ("-m", "magnitude", "-r", "4", "-s", "digits")
 
 CASES = {
     "unknown method": (["-m", "magnitud", "-r", "4"], r"unknown method 'magnitud'.*'magnitude'"),
@@ -83,74 +80,42 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case, capsys, tmp_path):
+def test_bad_input(case, run_cli):
     args, pattern = CASES[case]
-    assert_one_line_error(*run_cli(capsys, tmp_path, *args), pattern)
+    assert_one_line_error(*run_cli(*args), pattern)
 
 
-def test_cuda_without_gpu(capsys, tmp_path):
+def test_cuda_without_gpu(run_cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = run_cli(capsys, tmp_path, "-m", "magnitude", "-r", "4", "--device", "cuda")
+    result = run_cli("-m", "magnitude", "-r", "4", "--device", "cuda")
     assert_one_line_error(*result, r"no CUDA GPU")
 
 
-def test_results_dir_not_writable(capsys, tmp_path):
+def test_results_dir_not_writable(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "run",
-                "-m",
-                "magnitude",
-                "-r",
-                "4",
-                "--results-dir",
-                str(blocker / "sub"),
-                "--cache-dir",
-                str(tmp_path / "c"),
-            ]
-        )
-    assert exit_info.value.code == 2
-    assert "cannot write to" in capsys.readouterr().err
+    code, _, err = cli(
+        "run", "-m", "magnitude", "-r", "4",
+        "--results-dir", str(blocker / "sub"), "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert code == 2
+    assert "cannot write to" in err
 
 
-def test_corrupt_safetensors_checkpoint(capsys, tmp_path):
+def test_corrupt_safetensors_checkpoint(run_cli, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    result = run_cli(
-        capsys,
-        tmp_path,
-        "-m",
-        "magnitude",
-        "-r",
-        "4",
-        "-s",
-        "digits",
-        "--dense-checkpoint",
-        str(bad),
-    )
+    result = run_cli(*MAGNITUDE_ON_DIGITS, "--dense-checkpoint", str(bad))
     assert_one_line_error(*result, r"not a readable safetensors file")
 
 
-def test_truncated_safetensors_checkpoint(capsys, tmp_path, dense_ckpt):
+def test_truncated_safetensors_checkpoint(run_cli, tmp_path, dense_checkpoint):
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(dense_ckpt.read_bytes()[:-100])
-    result = run_cli(
-        capsys,
-        tmp_path,
-        "-m",
-        "magnitude",
-        "-r",
-        "4",
-        "-s",
-        "digits",
-        "--dense-checkpoint",
-        str(cut),
-    )
+    cut.write_bytes(dense_checkpoint.read_bytes()[:-100])
+    result = run_cli(*MAGNITUDE_ON_DIGITS, "--dense-checkpoint", str(cut))
     assert_one_line_error(*result, r"not a readable safetensors file")
 
 
@@ -164,27 +129,16 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def test_pickle_with_code_is_refused_not_executed(capsys, tmp_path):
+def test_pickle_with_code_is_refused_not_executed(run_cli, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"weight": Payload(str(marker))}))
-    result = run_cli(
-        capsys,
-        tmp_path,
-        "-m",
-        "magnitude",
-        "-r",
-        "4",
-        "-s",
-        "digits",
-        "--dense-checkpoint",
-        str(evil),
-    )
+    result = run_cli(*MAGNITUDE_ON_DIGITS, "--dense-checkpoint", str(evil))
     assert_one_line_error(*result, r"could not be loaded safely \(weights_only=True\)")
     assert not marker.exists()
 
 
-def test_checkpoint_of_another_architecture(capsys, tmp_path):
+def test_checkpoint_of_another_architecture(run_cli, tmp_path):
     import torch
 
     from rbench.models import build_model
@@ -192,38 +146,13 @@ def test_checkpoint_of_another_architecture(capsys, tmp_path):
     other = build_model("lenet300", (1, 8, 8), 10, (0.0,), (1.0,))
     path = tmp_path / "lenet.pt"
     torch.save(other.state_dict(), path)
-    result = run_cli(
-        capsys,
-        tmp_path,
-        "-m",
-        "magnitude",
-        "-r",
-        "4",
-        "-s",
-        "digits",
-        "--dense-checkpoint",
-        str(path),
-    )
+    result = run_cli(*MAGNITUDE_ON_DIGITS, "--dense-checkpoint", str(path))
     assert_one_line_error(*result, r"does not fit this suite's architecture")
 
 
-def test_nan_loss_stops_the_run(capsys, tmp_path, dense_ckpt):
+def test_nan_loss_stops_the_run(run_cli, dense_checkpoint):
     result = run_cli(
-        capsys,
-        tmp_path,
-        "-m",
-        "magnitude",
-        "-r",
-        "4",
-        "-s",
-        "digits",
-        "--dense-checkpoint",
-        str(dense_ckpt),
-        "--opt",
-        "lr=1e30",
-        "--epochs",
-        "1",
-        "--protocol",
-        "quick",
-    )
+        *MAGNITUDE_ON_DIGITS, "--dense-checkpoint", str(dense_checkpoint),
+        "--opt", "lr=1e30", "--epochs", "1", "--protocol", "quick",
+    )  # fmt: skip
     assert_one_line_error(*result, r"training loss became (nan|inf)")

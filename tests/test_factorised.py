@@ -4,14 +4,13 @@ rbench.ranks)."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from conftest import assert_reloads_exactly
 from torch import nn
 
 from rbench.budget import compressible_layers, measure_compression, stored_tensors
@@ -25,7 +24,6 @@ from rbench.factorised import (
     usv_layer,
 )
 from rbench.latency import measure_latency
-from rbench.layers import rebuild, structure_of
 from rbench.models import build_model
 from rbench.ranks import (
     RankUnit,
@@ -121,17 +119,12 @@ def test_save_load_through_safetensors_and_structure_gives_the_same_outputs(tmp_
     u, s, v = truncated_svd(model.head.weight, 4)
     model.head = usv_layer(model.head, u, torch.diag(s), v)
     model.eval()
-    structure = json.loads(json.dumps(structure_of(model)))  # JSON, never a pickle
+    structure = assert_reloads_exactly(model, Mixed(), tmp_path, input_shape=(3, 8, 8))
     assert {spec["type"] for spec in structure.values()} == {
         "Tucker2Conv",
         "LowRankLinear",
         "USVLinear",
     }
-    save_file(model.state_dict(), tmp_path / "model.safetensors")
-    loaded = rebuild(Mixed(), structure)
-    loaded.load_state_dict(load_file(tmp_path / "model.safetensors"))
-    x = torch.rand(4, 3, 8, 8)
-    assert torch.equal(loaded.eval()(x), model(x))
 
 
 def test_uniform_rank_is_the_closed_form_of_methods_0_1():

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_run
 
 pytestmark = pytest.mark.slow
 
@@ -77,16 +78,6 @@ def entries(cache: Path, stage: str, pattern: str = "*") -> list[Path]:
     return [p for p in (cache / stage).glob(pattern) if (p / "meta.json").is_file()]
 
 
-COMPARED = ("metrics", "compression", "hashes", "cache", "budget", "flags")
-
-
-def same_run(a: dict, b: dict) -> None:
-    """Everything a run computes agrees; only timings, dates and cache reuse may differ."""
-    for key in COMPARED:
-        assert a[key] == b[key], key
-    assert a["compute"]["used_epochs"] == b["compute"]["used_epochs"]
-
-
 def test_sigkill_at_several_points_then_resume(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
@@ -111,7 +102,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert not list((tmp_path / "out").rglob("*.json"))  # no half-written record
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     resumed = record_of(tmp_path, "out")
-    same_run(resumed, reference)
+    assert_same_run(resumed, reference)
     assert not list(cache.rglob("*.tmp"))  # no temporary files left behind
 
 

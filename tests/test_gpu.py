@@ -1,43 +1,31 @@
 """The CUDA path (skipped without a GPU): the same run on `--device cuda` works end to end, and
 GPU evaluation agrees with the CPU on the same model and points."""
 
-from dataclasses import replace
-
 import pytest
 import torch
+from conftest import registered, tiny_digits
 
 from rbench.evaluate import autoattack_correct, clean_correct
 from rbench.runner import RunConfig, Runner
-from rbench.suites import SUITES, Protocol, ThreatModel, get_suite, register_suite
+from rbench.suites import Protocol, ThreatModel, get_suite
 
 pytestmark = pytest.mark.gpu
 
 
 def test_cuda_run_end_to_end(tmp_path):
-    base = get_suite("digits")
-    suite = replace(
-        base,
-        name="digits-gpu",
-        dense=replace(base.dense, epochs=3),
-        compress_epochs=1,
-        default_protocol="quick",
-        protocols=tuple(replace(p, n_eval=50) for p in base.protocols),
-    )
-    register_suite(suite)
-    try:
+    suite = tiny_digits("digits-gpu", dense_epochs=3, compress_epochs=1, n_eval=50)
+    with registered(suite) as name:
         record = Runner(
             RunConfig(
                 method="magnitude",
                 ratio=8,
-                suite=suite.name,
+                suite=name,
                 device="cuda",
                 results_dir=str(tmp_path / "r"),
                 cache_dir=str(tmp_path / "c"),
                 quiet=True,
             )
         ).run()
-    finally:
-        SUITES.pop(suite.name)
     assert record["compression"]["ratio"] >= 8
     assert record["environment"]["device"] != "cpu"
     assert record["metrics"]["autoattack"]["accuracy"] <= record["metrics"]["clean"]["accuracy"]

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import FitSpy
 
 from rbench.budget import compressible_layers, effective_weight, measure_compression
 from rbench.layers import finalize
@@ -39,23 +40,8 @@ def test_schedule_prunes_the_scheduled_fraction_and_ends_exactly(ratio):
         assert last["out"] / SMALLCNN_28["out"] > last["fc1"] / SMALLCNN_28["fc1"]
 
 
-class FitSpy:
-    """Wraps ctx.fit: records the effective weights, biases and masks before and after each
-    training round, and the arguments it was called with."""
-
-    def __init__(self, ctx):
-        self.fit, self.calls = ctx.fit, []
-        ctx.fit = self
-
-    def __call__(self, model, **kwargs):
-        call = {"kwargs": kwargs, "before": _state(model)}
-        out = self.fit(model, **kwargs)
-        call["after"] = _state(model)
-        self.calls.append(call)
-        return out
-
-
 def _state(model):
+    """The effective weights, biases and masks of the compressible layers."""
     layers = compressible_layers(model)
     return {
         "w": {p: effective_weight(m).detach().clone() for p, m in layers.items()},
@@ -74,7 +60,7 @@ def test_rounds_prune_by_magnitude_and_rewind_the_survivors(
     ratio = 2.0
     dense = copy.deepcopy(trained_digits_model)
     ctx = make_ctx(ratio=ratio, epochs=0.6)
-    spy = FitSpy(ctx)
+    spy = FitSpy(ctx, _state)
     method = LTHAdv(LTHAdvConfig(rewind_to=rewind_to))
     model = method.compress(copy.deepcopy(dense), ctx.budget, ctx)
 
@@ -124,7 +110,7 @@ def test_paper_variant_trains_each_round_with_a_fresh_adam_and_the_mixed_loss(
     trained_digits_model, make_ctx
 ):
     ctx = make_ctx(ratio=1.5, epochs=0.4)
-    spy = FitSpy(ctx)
+    spy = FitSpy(ctx, _state)
     method = get_method("lth-adv")(LTHAdvConfig(variant="paper", rewind_to="round0_trained"))
     method.compress(trained_digits_model, ctx.budget, ctx)
     assert len(spy.calls) == 2  # R = ceil(ln 1.5 / -ln 0.8) rounds, no round 0

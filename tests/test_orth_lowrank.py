@@ -9,13 +9,12 @@ import math
 
 import pytest
 import torch
-from conftest import new_digits_model
-from safetensors.torch import load_file, save_file
+from conftest import DIGITS_SHAPE, assert_reloads_exactly, new_digits_model
 
 from rbench.budget import Budget, compressible_layers, measure_compression
 from rbench.errors import RbenchError
 from rbench.factorised import USVConv, USVLinear
-from rbench.layers import finalize, rebuild, structure_of
+from rbench.layers import finalize
 from rbench.methods.orth_lowrank import (
     CondLRSGD,
     OrthLowRank,
@@ -26,8 +25,6 @@ from rbench.methods.orth_lowrank import (
     to_usv,
 )
 from rbench.train import StepHooks
-
-DIGITS_SHAPE = (1, 8, 8)
 
 
 @pytest.mark.parametrize(("mode", "tau"), [("approx", 0.1), ("approx", 0.5), ("mean", 0.0)])
@@ -112,12 +109,7 @@ def test_orth_lowrank_compresses_within_budget_and_reloads(
     assert all(isinstance(m, (USVLinear, USVConv)) for m in _factorised(out))
     if variant == "paper":
         assert report["selected_epoch"] is not None
-    structure = json.loads(json.dumps(structure_of(out)))
-    save_file(out.state_dict(), tmp_path / "m.safetensors")
-    loaded = rebuild(new_digits_model(), structure)
-    loaded.load_state_dict(load_file(tmp_path / "m.safetensors"))
-    x = torch.rand(8, *DIGITS_SHAPE)
-    assert torch.equal(loaded.eval()(x), out(x))
+    assert_reloads_exactly(out, new_digits_model(), tmp_path)
 
 
 def _factorised(model):

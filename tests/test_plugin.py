@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 
 from rbench.budget import measure_compression
 from rbench.errors import RbenchError
@@ -129,7 +128,7 @@ def test_template_is_a_correct_method(template_method, trained_digits_model, mak
 
 
 @pytest.mark.slow
-def test_pip_installed_plugin_runs_through_the_cli(tmp_path, trained_digits_model):
+def test_pip_installed_plugin_runs_through_the_cli(tmp_path, dense_checkpoint):
     """A real `pip install` of the example package, then `rbench run` and `rbench validate`."""
     source = tmp_path / "src-copy"
     shutil.copytree(PLUGIN, source)  # pip builds in the source tree: keep examples/ clean
@@ -140,11 +139,9 @@ def test_pip_installed_plugin_runs_through_the_cli(tmp_path, trained_digits_mode
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr
-    checkpoint = tmp_path / "dense.safetensors"
-    save_file({k: v.contiguous() for k, v in trained_digits_model.state_dict().items()}, checkpoint)
     run = rbench_cli(
         ["run", "-m", "example-random", "-r", "4", "-s", "digits", "--protocol", "quick",
-         "--epochs", "0.6", "--device", "cpu", "--dense-checkpoint", str(checkpoint),
+         "--epochs", "0.6", "--device", "cpu", "--dense-checkpoint", str(dense_checkpoint),
          "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "-q"],
         target,
     )  # fmt: skip

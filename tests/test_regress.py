@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from rbench import regress
-from rbench.cli import main
 from rbench.errors import RbenchError
 from rbench.evaluate import wilson_interval
 from rbench.layers import apply_masks, magnitude_masks
@@ -159,17 +158,13 @@ def test_changed_pinned_settings_need_an_update(tmp_path, stub_runs):
         regress.run_check(regress.Pinned(ratio=8), baseline_path=baseline)
 
 
-def test_cli_check_exit_codes(tmp_path, stub_runs, capsys):
+def test_cli_check_exit_codes(tmp_path, stub_runs, cli):
     baseline = str(tmp_path / "baseline.json")
     stub_runs(a=(60, 65))
-    with pytest.raises(SystemExit) as exit_:
-        main(["check", "--baseline", baseline, "--update"])
-    assert exit_.value.code == 0
+    assert cli("check", "--baseline", baseline, "--update").code == 0
     stub_runs(a=(20, 65))
-    with pytest.raises(SystemExit) as exit_:
-        main(["check", "--baseline", baseline, "--methods", "a"])
-    assert exit_.value.code == 1
-    out = capsys.readouterr().out
+    code, out, _ = cli("check", "--baseline", baseline, "--methods", "a")
+    assert code == 1
     assert "REGRESSION a: AutoAttack robust accuracy fell from 60.0% to 20.0%" in out
     assert out.rstrip().endswith("check: FAILED")
 
@@ -216,7 +211,7 @@ class Planted(Method):
 
 
 @pytest.mark.slow
-def test_planted_regression_fails_and_unchanged_code_passes(tmp_path, monkeypatch, capsys):
+def test_planted_regression_fails_and_unchanged_code_passes(tmp_path, monkeypatch, cli):
     load_methods()
     monkeypatch.setitem(SUITES, TINY.name, TINY)
     monkeypatch.setitem(METHODS, Planted.name, Planted)
@@ -228,10 +223,9 @@ def test_planted_regression_fails_and_unchanged_code_passes(tmp_path, monkeypatc
         monkeypatch.setattr(Planted, "BROKEN", broken)
         out_dir = tmp_path / f"records-{len(runs)}"
         runs.append(out_dir)
-        with pytest.raises(SystemExit) as exit_:
-            main([*base, "--results-dir", str(out_dir), *extra])
+        code, out, _ = cli(*base, "--results-dir", str(out_dir), *extra)
         (path,) = out_dir.rglob("*.json")
-        return exit_.value.code, capsys.readouterr().out, json.loads(path.read_text())
+        return code, out, json.loads(path.read_text())
 
     code, _, good = check("--update", broken=False)
     assert code == 0

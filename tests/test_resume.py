@@ -5,11 +5,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_run, registered, tiny_digits
 
 from rbench import evaluate as ev
 from rbench.runner import RunConfig, Runner
 from rbench.store import Store
-from rbench.suites import SUITES, get_suite, register_suite
+from rbench.suites import get_suite
 
 pytestmark = pytest.mark.slow
 
@@ -17,19 +18,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_suite():
     """digits with a 4-epoch dense recipe, a 1 AT-epoch budget and 40 evaluation points."""
-    base = get_suite("digits")
-    protocols = tuple(replace(p, n_eval=40) for p in base.protocols)
-    suite = replace(
-        base,
-        name="digits-tiny",
-        dense=replace(base.dense, epochs=4),
-        compress_epochs=1,
-        protocols=protocols,
-        default_protocol="quick",
-    )
-    register_suite(suite)
-    yield suite.name
-    SUITES.pop(suite.name)
+    suite = tiny_digits("digits-tiny", dense_epochs=4, compress_epochs=1, n_eval=40)
+    with registered(suite) as name:
+        yield name
 
 
 def config(tmp_path, suite, sub, method="magnitude", ratio=4):
@@ -41,16 +32,6 @@ def config(tmp_path, suite, sub, method="magnitude", ratio=4):
         cache_dir=str(tmp_path / sub / "c"),
         quiet=True,
     )
-
-
-COMPARED = ("metrics", "compression", "hashes", "cache", "budget", "flags")
-
-
-def same_run(a: dict, b: dict) -> None:
-    """Everything a run computes agrees; only timings, dates and cache reuse may differ."""
-    for key in COMPARED:
-        assert a[key] == b[key], key
-    assert a["compute"]["used_epochs"] == b["compute"]["used_epochs"]
 
 
 def test_interrupted_run_resumes_to_the_same_record(tmp_path, tiny_suite, monkeypatch):
@@ -89,7 +70,7 @@ def test_interrupted_run_resumes_to_the_same_record(tmp_path, tiny_suite, monkey
     resumed_runner = Runner(config(tmp_path, tiny_suite, "b"))
     resumed = resumed_runner.run()
     assert resumed_runner.stages.cached == {"dense": True, "compress": True}
-    same_run(resumed, reference)
+    assert_same_run(resumed, reference)
 
 
 def test_second_method_reuses_the_dense_model(tmp_path, tiny_suite, capsys):
@@ -121,30 +102,14 @@ def test_corrupt_cache_entry_is_detected_and_recomputed(tmp_path, tiny_suite, ca
     assert again["metrics"] == first["metrics"]
 
 
-def test_cli_prints_the_result_row_and_the_record_path(tmp_path, tiny_suite, capsys):
+def test_cli_prints_the_result_row_and_the_record_path(tmp_path, tiny_suite, cli):
     import json
 
-    from rbench.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "run",
-                "--method",
-                "magnitude",
-                "--ratio",
-                "16",
-                "--suite",
-                tiny_suite,
-                "-q",
-                "--results-dir",
-                str(tmp_path / "r"),
-                "--cache-dir",
-                str(tmp_path / "c"),
-            ]
-        )
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli(
+        "run", "--method", "magnitude", "--ratio", "16", "--suite", tiny_suite, "-q",
+        "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert code == 0
     assert "| magnitude" in out and "AutoAttack %" in out
     path = out.strip().splitlines()[-1].removeprefix("record: ")
     record = json.loads(Path(path).read_text())
@@ -166,8 +131,7 @@ def test_sharded_autoattack_merges_to_the_unsharded_result(tmp_path, tiny_suite)
         name="digits-tiny-chunked",
         protocols=tuple(replace(p, batch_size=10) for p in suite.protocols),
     )
-    register_suite(chunked)
-    try:
+    with registered(chunked):
         whole = Runner(config(tmp_path, chunked.name, "w")).run()
         shutil.copytree(
             tmp_path / "w" / "c", tmp_path / "s" / "c", ignore=shutil.ignore_patterns("evaluate")
@@ -183,5 +147,3 @@ def test_sharded_autoattack_merges_to_the_unsharded_result(tmp_path, tiny_suite)
         assert len(chunks) == 4
         merged = Runner(config(tmp_path, chunked.name, "s")).run()
         assert merged["metrics"] == whole["metrics"]
-    finally:
-        SUITES.pop(chunked.name)

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FitSpy
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -111,22 +112,14 @@ def _raw(layer: nn.Module) -> torch.Tensor:
     return layer.weight_orig.detach().clone()
 
 
-class FitSpy:
-    """Wraps ctx.fit: records net.1's raw weights (and DNS mask) around each training phase."""
-
-    def __init__(self, ctx):
-        self.fit, self.calls = ctx.fit, []
-        ctx.fit = self
-
-    def __call__(self, model, **kwargs):
-        layer = compressible_layers(model)["net.1"]
-        call = {"kwargs": kwargs, "raw_before": _raw(layer)}
-        out = self.fit(model, **kwargs)
-        call["raw_after"] = _raw(layer)
-        if parametrize.is_parametrized(layer):
-            call["mask_after"] = layer.parametrizations.weight[0].mask.clone()
-        self.calls.append(call)
-        return out
+def _net1(model: nn.Module) -> dict:
+    """net.1's raw W and, while DNS parametrises it, its mask T."""
+    layer = compressible_layers(model)["net.1"]
+    spliced = parametrize.is_parametrized(layer)
+    return {
+        "raw": _raw(layer),
+        "mask": layer.parametrizations.weight[0].mask.clone() if spliced else None,
+    }
 
 
 @pytest.mark.parametrize("variant", ["harness", "paper"])
@@ -136,7 +129,7 @@ def test_compress_reaches_the_ratio_exactly_and_freezes_masks(
     ratio = 4.0
     dense = copy.deepcopy(trained_digits_model)
     ctx = make_ctx(ratio=ratio, epochs=0.5)
-    spy = FitSpy(ctx)
+    spy = FitSpy(ctx, _net1)
     # no weight decay: pruned weights can only move through the spliced gradient
     method = SparseRobust(SparseRobustConfig(variant=variant, iter_stop=3, weight_decay=0.0))
     model = method.compress(copy.deepcopy(dense), ctx.budget, ctx)
@@ -147,11 +140,13 @@ def test_compress_reaches_the_ratio_exactly_and_freezes_masks(
         == retrain["kwargs"]["loss"]
         == ("ce" if variant == "paper" else "adv")
     )
-    pruned = ~dns["mask_after"]
-    assert (dns["raw_after"][pruned] != dns["raw_before"][pruned]).any()  # pruned W still learn
+    pruned = ~dns["after"]["mask"]
+    moved = dns["after"]["raw"][pruned] != dns["before"]["raw"][pruned]
+    assert moved.any()  # pruned W still learn
     assert ctx.report["dns_iterations"] > 3 and ctx.report["masks_frozen_at"] == 3
     assert 1 <= ctx.report["mask_updates"] <= 3  # only at t = 0, 1, 2
-    assert (retrain["raw_after"][retrain["raw_before"] == 0] == 0).all()  # mask fixed, re-zeroed
+    retrained, before = retrain["after"]["raw"], retrain["before"]["raw"]
+    assert (retrained[before == 0] == 0).all()  # mask fixed, re-zeroed
 
     n = sum(m.weight.numel() for m in compressible_layers(dense).values())
     report = measure_compression(dense, finalize(model), get_suite("digits").data.input_shape)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import new_digits_model
 from torch import nn
 
 from rbench.budget import measure_compression
@@ -103,17 +104,9 @@ def test_fft_conv_spectrum_matches_the_explicit_matrix_and_power_iteration(name)
         assert bool((explicit <= fft[: explicit.numel()] + 1e-9).all())
 
 
-def new_digits_model() -> nn.Module:
-    from rbench.models import build_model
-
-    torch.manual_seed(0)
-    info = get_suite("digits").data
-    return build_model("smallcnn", info.input_shape, info.num_classes, info.mean, info.std).eval()
-
-
 def test_layer_table_names_and_counts_layers_as_the_ratio_table_does():
-    dense = new_digits_model()
-    pruned = new_digits_model()
+    dense = new_digits_model().eval()
+    pruned = new_digits_model().eval()
     apply_masks(pruned, magnitude_masks(pruned, 4.0))  # masks not baked in: the effective weight
     shape = get_suite("digits").data.input_shape
     table = measure_compression(dense, pruned, shape)["per_layer"]
@@ -125,7 +118,7 @@ def test_layer_table_names_and_counts_layers_as_the_ratio_table_does():
 
 def test_factorised_layers_report_the_composed_weight_and_the_core():
     torch.manual_seed(0)
-    model = new_digits_model()
+    model = new_digits_model().eval()
     convs = model.net[0]
     set_module(model, "net.0.2", Tucker2Conv.from_conv(convs[2], (5, 4)))  # stride 2
     set_module(model, "net.1", LowRankLinear.from_linear(model.net[1], 7))
@@ -265,54 +258,33 @@ def test_bound_is_tight_where_it_should_be():
     assert summary["local_lipschitz"]["max"] == pytest.approx(1.0, rel=1e-6)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from rbench.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
-def test_cli_diagnoses_a_checkpoint_and_a_record(tmp_path, capsys, trained_digits_model):
-    from safetensors.torch import save_file
+def test_cli_diagnoses_a_checkpoint_and_a_record(tmp_path, cli, dense_checkpoint):
     from test_leaderboard import make_record  # a schema-valid synthetic record
 
-    checkpoint = tmp_path / "dense.safetensors"
-    save_file({k: v.contiguous() for k, v in trained_digits_model.state_dict().items()}, checkpoint)
-    code, out, _ = run_cli(
-        ["diagnose", "--checkpoint", str(checkpoint), "--suite", "digits", "--points", "20"], capsys
+    checkpoint = str(dense_checkpoint)
+    code, out, _ = cli(
+        "diagnose", "--checkpoint", checkpoint, "--suite", "digits", "--points", "20"
     )
     assert code == 0
     assert all(f"| {p} " in out for p in ["net.0.0", "net.0.2", "net.0.4", "net.1", "net.3"])
     assert "local Lipschitz on 20 test points" in out
-    code, out, _ = run_cli(
-        [
-            "diagnose",
-            "--checkpoint",
-            str(checkpoint),
-            "--json",
-            "--suite",
-            "digits",
-            "--points",
-            "0",
-        ],
-        capsys,
+    code, out, _ = cli(
+        "diagnose", "--checkpoint", checkpoint, "--json", "--suite", "digits", "--points", "0"
     )
     diag = json.loads(out)
     record = make_record()
     record["diagnostics"] = diag
     path = tmp_path / "record.json"
     path.write_text(json.dumps(record))
-    code, out, _ = run_cli(["diagnose", "--record", str(path)], capsys)
+    code, out, _ = cli("diagnose", "--record", str(path))
     assert code == 0 and "| net.0.2 " in out and "log10 Lipschitz bound" in out
     record["diagnostics"] = {}
     path.write_text(json.dumps(record))
-    code, _, err = run_cli(["diagnose", "--record", str(path)], capsys)
+    code, _, err = cli("diagnose", "--record", str(path))
     assert code == 2 and "no spectral diagnostics" in err
     record["diagnostics"] = {"layers": [{"stored": "x"}]}  # schema-valid, yet malformed
     path.write_text(json.dumps(record))
-    code, _, err = run_cli(["diagnose", "--record", str(path)], capsys)
+    code, _, err = cli("diagnose", "--record", str(path))
     assert code == 2 and "malformed" in err
 
 
@@ -336,7 +308,7 @@ def test_runner_diagnoses_on_the_first_100_evaluation_points(tmp_path, digits, m
         cache_dir=str(tmp_path / "c"),
     )
     runner = Runner(cfg)
-    runner.diagnose(new_digits_model(), digits)
+    runner.diagnose(new_digits_model().eval(), digits)
     n_eval = runner.protocol.n_eval
     torch.testing.assert_close(seen["x"], digits.test.images(slice(0, min(100, n_eval))))
     assert seen["shape"] == (1, 8, 8)

@@ -2,34 +2,24 @@
 others, and a rerun skips the finished jobs."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import registered, tiny_digits
 
 from rbench.runner import RunConfig
-from rbench.suites import SUITES, get_suite, register_suite
 from rbench.sweep import sweep
 
 pytestmark = pytest.mark.slow
 
 
 def test_sweep_with_a_failure_and_a_resume(tmp_path):
-    base_suite = get_suite("digits")
-    suite = replace(
-        base_suite,
-        name="digits-sweep",
-        dense=replace(base_suite.dense, epochs=2),
-        compress_epochs=0.5,
-        default_protocol="quick",
-        protocols=tuple(replace(p, n_eval=20) for p in base_suite.protocols),
-    )
-    register_suite(suite)
-    try:
+    suite = tiny_digits("digits-sweep", dense_epochs=2, compress_epochs=0.5, n_eval=20)
+    with registered(suite) as name:
         base = RunConfig(
             method="",
             ratio=1,
-            suite=suite.name,
+            suite=name,
             results_dir=str(tmp_path / "r"),
             cache_dir=str(tmp_path / "c"),
             quiet=True,
@@ -52,5 +42,3 @@ def test_sweep_with_a_failure_and_a_resume(tmp_path):
         assert "5 already done, 3 to run" in messages[0]
         assert second["magnitude-r4-s1"]["status"] == "done" and lost.is_file()
         assert {n: p.stat().st_mtime_ns for n, p in records.items()} == stamps
-    finally:
-        SUITES.pop(suite.name)

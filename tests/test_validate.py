@@ -12,7 +12,6 @@ import pytest
 
 from rbench import validate as val
 from rbench.budget import compressible_layers
-from rbench.cli import main
 from rbench.evaluate import wilson_interval
 from rbench.models import build_model
 from rbench.records import validate_record
@@ -156,26 +155,24 @@ def _write(path, text: str):
     return path
 
 
-def test_cli_exit_codes_and_one_line_per_problem(tmp_path, capsys):
+def test_cli_exit_codes_and_one_line_per_problem(tmp_path, cli):
     good = _write(tmp_path / "good.json", json.dumps(valid_record()))
-    with pytest.raises(SystemExit) as exit_:
-        main(["validate", str(good)])
-    assert exit_.value.code == 0
-    assert f"{good}: ok" in capsys.readouterr().out
+    code, out, _ = cli("validate", str(good))
+    assert code == 0
+    assert f"{good}: ok" in out
 
     bad_record = valid_record()
     _raise_stored(bad_record)
     bad_record["hashes"]["dense"] = ""
     bad = _write(tmp_path / "bad.json", json.dumps(bad_record))
-    with pytest.raises(SystemExit) as exit_:
-        main(["validate", str(tmp_path)])
-    assert exit_.value.code == 2
-    out = capsys.readouterr().out.splitlines()
-    assert f"{good}: ok" in out and f"{bad}: ok" not in out
-    bad_lines = [line for line in out if line.startswith(f"{bad}: ")]
+    code, out, _ = cli("validate", str(tmp_path))
+    assert code == 2
+    lines = out.splitlines()
+    assert f"{good}: ok" in lines and f"{bad}: ok" not in lines
+    bad_lines = [line for line in lines if line.startswith(f"{bad}: ")]
     assert any("< requested 4" in line for line in bad_lines)
     assert any("'dense' must be a 16-digit" in line for line in bad_lines)
-    assert out[-1] == "2 record(s) checked, 1 with problems"
+    assert lines[-1] == "2 record(s) checked, 1 with problems"
 
 
 def test_required_protocol_for_leaderboard_entries():
@@ -227,13 +224,12 @@ def test_links_inside_a_folder_are_not_followed(tmp_path):
     }
 
 
-def test_missing_path_and_empty_folder(tmp_path, capsys):
+def test_missing_path_and_empty_folder(tmp_path, cli):
     (problems,) = val.validate_paths([tmp_path / "nope.json"]).values()
     assert problems == ["does not exist"]
-    with pytest.raises(SystemExit) as exit_:
-        main(["validate", str(tmp_path)])
-    assert exit_.value.code == 2
-    assert "no record files" in capsys.readouterr().err
+    code, _, err = cli("validate", str(tmp_path))
+    assert code == 2
+    assert "no record files" in err
 
 
 def test_record_text_cannot_break_the_one_line_output():
