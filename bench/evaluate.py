@@ -122,6 +122,16 @@ class _FlagHandler(logging.Handler):
         self.flags[name] = " ".join(message.split())
 
 
+def _reset_dynamic_check() -> None:
+    """pyautoattack's dynamic-defence check counts the calls it traces in a module-level dict and
+    never resets it, so one dynamic model would flag every later model of the same process as
+    dynamic (aa_dynamic_model, unreliable): start each evaluation from zero."""
+    from pyautoattack import checks
+
+    for name in checks.funcs:
+        checks.funcs[name] = 0
+
+
 def autoattack_correct(
     model: nn.Module,
     split: Split,
@@ -162,6 +172,7 @@ def autoattack_correct(
                 seed=seed,
                 version=protocol.autoattack,
             )
+        _reset_dynamic_check()
         _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=bs)
         return (y_adv.to(y.device) == y).cpu()
 

@@ -224,14 +224,21 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
 _SAFE = re.compile(r"[^a-z0-9_.-]")
 
 
+def _component(name: str) -> str:
+    """One path component from a record field: no separators, and never '', '.' or '..'."""
+    safe = _SAFE.sub("_", str(name).lower())
+    return "_" * max(len(safe), 1) if set(safe) <= {"."} else safe
+
+
 def record_path(results_dir: Path, record: dict) -> Path:
     """results/<suite>/<method>/<variant>-r<ratio>-s<seed>-<run_id>.json (names sanitised, so a
     record can never place itself outside the results directory)."""
-    suite = _SAFE.sub("_", record["suite"]["name"].lower())
-    method = _SAFE.sub("_", record["method"]["name"].lower())
-    variant = _SAFE.sub("_", record["method"]["variant"].lower())
+    suite = _component(record["suite"]["name"])
+    method = _component(record["method"]["name"])
+    variant = _component(record["method"]["variant"])
     ratio = f"{record['budget']['ratio']:g}"
-    name = f"{variant}-r{ratio}-s{record['seed']}-{record['run_id']}.json"
+    seed, run_id = _component(record["seed"]), _component(record["run_id"])
+    name = f"{variant}-r{ratio}-s{seed}-{run_id}.json"
     path = (Path(results_dir) / suite / method / name).resolve()
     if Path(results_dir).resolve() not in path.parents:
         raise RbenchError(f"record path '{path}' escapes the results directory")

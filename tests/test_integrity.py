@@ -1,0 +1,449 @@
+"""Integrity: planted gradient-masking models are flagged unreliable by the harness's own run (and
+the honest model is not); a method that claims more compression than its tensors hold is refused;
+paths built from records cannot leave the results directory and records and configs are read as
+data only; the same command and seed give byte-identical metrics."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import registered, tiny_digits
+from safetensors.torch import save_file
+from test_validate import valid_record  # a consistent hand-built record (tests/ is on sys.path)
+from torch import nn
+
+from rbench.errors import RbenchError
+from rbench.evaluate import UNRELIABLE, autoattack_correct
+from rbench.records import record_path
+from rbench.registry import METHODS, Method, MethodConfig, register_method
+from rbench.runner import RunConfig, Runner
+from rbench.store import canonical_json
+from rbench.suites import get_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = "digits-integrity"
+
+# ------------------------------------------------------------------ planted models and methods
+
+
+class Wrapped(nn.Module):
+    """The honest model behind a planted change of its input or output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class SoftmaxOutput(Wrapped):
+    """Returns probabilities instead of logits (saturated softmax: vanishing gradients)."""
+
+    def forward(self, x):
+        return torch.softmax(self.model(x), dim=1)
+
+
+class NoisyInput(Wrapped):
+    """A randomised forward: fresh Gaussian noise on the input at every call, even in eval mode."""
+
+    def forward(self, x):
+        return self.model(x + 0.05 * torch.randn_like(x))
+
+
+class StuckDropout(nn.Dropout):
+    """Dropout that ignores eval(): it stays in training mode."""
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+class DropoutInEval(Wrapped):
+    """Dropout left active at evaluation time (on the input of the honest model)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.drop = StuckDropout(0.2)
+
+    def forward(self, x):
+        return self.model(self.drop(x))
+
+
+class RoundedInput(Wrapped):
+    """A non-differentiable step: the input quantised to digits' 17 grey levels (torch.round has
+    zero gradient almost everywhere), leaving clean inputs unchanged."""
+
+    def forward(self, x):
+        return self.model(torch.round(x * 16) / 16)
+
+
+class SignInput(Wrapped):
+    """A non-differentiable step: the input binarised by torch.sign (zero gradient)."""
+
+    def forward(self, x):
+        return self.model((torch.sign(x - 0.5) + 1) / 2)
+
+
+class GradientInForward(Wrapped):
+    """A dynamic defence: the forward pass itself differentiates the model (test-time steps)."""
+
+    def forward(self, x):
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.model(z).logsumexp(1).sum(), z)
+        return self.model(x + 0.01 * g.sign())
+
+
+PLANTED = {
+    "softmax": (SoftmaxOutput, "aa_softmax_output"),
+    "input-noise": (NoisyInput, "aa_randomized_defense"),
+    "eval-dropout": (DropoutInEval, "aa_randomized_defense"),
+    "round": (RoundedInput, "aa_zero_gradients"),
+    "sign": (SignInput, "aa_zero_gradients"),
+}
+
+
+@dataclass
+class PlantedConfig(MethodConfig):
+    wrapper: str = "none"
+
+
+class PlantedMasking(Method):
+    """Test double: returns the dense model unchanged ('none') or inside a planted wrapper."""
+
+    name = "planted-masking"
+    kind = "dense"
+    citation = "none (a planted gradient-masking model for tests/test_integrity.py)"
+    Config = PlantedConfig
+
+    def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
+        if self.config.wrapper == "none":
+            return model
+        return PLANTED[self.config.wrapper][0](model)
+
+
+@dataclass
+class ClaimConfig(MethodConfig):
+    cheat: str = "report"
+
+
+class ClaimsRatio(Method):
+    """Test double: claims the requested ratio but leaves every weight dense. 'report' only says
+    so in ctx.report; 'fake-mask' also attaches sparse `weight_mask`/`weight_orig` tensors that
+    the forward pass never uses (it still multiplies by the dense `weight`)."""
+
+    name = "planted-claims-ratio"
+    kind = "unstructured"
+    citation = "none (a planted dishonest method for tests/test_integrity.py)"
+    Config = ClaimConfig
+
+    def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
+        ctx.report["claimed_ratio"] = budget.ratio
+        if self.config.cheat == "fake-mask":
+            for module in model.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    keep = max(1, int(module.weight.numel() / budget.ratio) - 1)
+                    mask = torch.zeros_like(module.weight)
+                    mask.view(-1)[:keep] = 1
+                    module.register_buffer("weight_mask", mask)
+                    module.weight_orig = nn.Parameter(module.weight.detach() * mask)
+        return model
+
+
+@pytest.fixture(scope="module")
+def planted_env(tmp_path_factory, _trained_digits_state):
+    """A digits suite with 40 quick-protocol points in one AutoAttack chunk, the planted methods
+    registered, and the briefly trained digits model as the dense checkpoint."""
+    ckpt = tmp_path_factory.mktemp("dense") / "dense.safetensors"
+    save_file({k: v.contiguous() for k, v in _trained_digits_state.items()}, ckpt)
+    suite = tiny_digits(SUITE, dense_epochs=1, compress_epochs=1, n_eval=40, batch_size=40)
+    for cls in (PlantedMasking, ClaimsRatio):
+        register_method(cls)
+    try:
+        with registered(suite):
+            yield ckpt
+    finally:
+        for cls in (PlantedMasking, ClaimsRatio):
+            METHODS.pop(cls.name)
+
+
+def planted_config(tmp_path, ckpt, method, ratio=1.0, **opts) -> RunConfig:
+    return RunConfig(
+        method=method,
+        ratio=ratio,
+        suite=SUITE,
+        device="cpu",
+        opts=tuple(opts.items()),
+        dense_checkpoint=str(ckpt),
+        results_dir=str(tmp_path / "results"),
+        cache_dir=str(tmp_path / "cache"),
+        quiet=True,
+    )
+
+
+def written_record(tmp_path) -> dict:
+    (path,) = (tmp_path / "results").rglob("*.json")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------ 1. evaluation integrity
+
+
+def test_honest_model_is_not_flagged(tmp_path, planted_env):
+    Runner(planted_config(tmp_path, planted_env, "planted-masking", wrapper="none")).run()
+    record = written_record(tmp_path)
+    assert record["unreliable"] is False, record["flags"]
+    assert not set(record["flags"]) & UNRELIABLE
+    # the attacks really work on it: robust accuracy is below clean accuracy on the same points
+    m = record["metrics"]
+    assert m["autoattack"]["correct"] < m["clean_eval_points"]["correct"]
+
+
+@pytest.mark.parametrize("wrapper", list(PLANTED))
+def test_planted_gradient_masking_is_flagged_unreliable(tmp_path, planted_env, wrapper):
+    """Each planted model runs through the runner's real path (compress -> verify -> evaluate ->
+    record) and the written record carries the unreliable flag and names the reason."""
+    flag = PLANTED[wrapper][1]
+    Runner(planted_config(tmp_path, planted_env, "planted-masking", wrapper=wrapper)).run()
+    record = written_record(tmp_path)
+    assert record["unreliable"] is True
+    assert flag in record["flags"], record["flags"]
+    assert flag in UNRELIABLE and record["flags"][flag]  # a message that says why
+
+
+def test_a_dynamic_model_does_not_taint_later_evaluations(trained_digits_model, digits):
+    """pyautoattack counts the calls its dynamic-defence check sees in a module-level dict that it
+    never resets; the evaluator resets it, so an honest model evaluated after a dynamic one in the
+    same process is not flagged."""
+    protocol = replace(get_suite("digits").protocol("quick"), attacks=("apgd-ce",))
+    points, threat = digits.test.head(10), get_suite("digits").threat
+    _, flags = autoattack_correct(
+        GradientInForward(trained_digits_model), points, threat, protocol, "cpu"
+    )
+    assert "aa_dynamic_model" in flags
+    _, flags = autoattack_correct(trained_digits_model, points, threat, protocol, "cpu")
+    assert "aa_dynamic_model" not in flags, flags
+
+
+# ------------------------------------------------------------------ 2. the harness's own count
+
+
+def test_method_claiming_a_ratio_with_dense_weights_is_refused(tmp_path, planted_env):
+    cfg = planted_config(tmp_path, planted_env, "planted-claims-ratio", ratio=16, cheat="report")
+    with pytest.raises(RbenchError, match=r"stores \d+ weights, measured ratio 1\.000 < requested"):
+        Runner(cfg).run()
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*"))
+
+
+def test_fake_mask_attributes_do_not_fool_the_count(tmp_path, planted_env):
+    cfg = planted_config(tmp_path, planted_env, "planted-claims-ratio", ratio=16, cheat="fake-mask")
+    with pytest.raises(RbenchError, match=r"measured ratio .* < requested 16"):
+        Runner(cfg).run()
+
+
+def test_dishonest_method_through_the_cli_is_one_clear_line(tmp_path, planted_env, cli):
+    results = tmp_path / "results"
+    code, _, err = cli(
+        "run",
+        *("-m", "planted-claims-ratio", "-r", "16", "-s", SUITE, "-q"),
+        *("--dense-checkpoint", str(planted_env), "--device", "cpu"),
+        *("--results-dir", str(results), "--cache-dir", str(tmp_path / "cache")),
+    )
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: method 'planted-claims-ratio' returned a model that stores")
+    assert "< requested 16" in line
+    assert not results.exists() or not list(results.rglob("*.json"))
+
+
+# ------------------------------------------------------------------ 3. hostile files
+
+
+def hostile_record(
+    suite: str, method: str, variant: str = "harness", seed=0, run_id="0123456789abcdef"
+) -> dict:
+    """The fields `record_path` builds a path from (the rest of a record plays no part)."""
+    return {
+        "suite": {"name": suite},
+        "method": {"name": method, "variant": variant},
+        "budget": {"ratio": 4.0},
+        "seed": seed,
+        "run_id": run_id,
+    }
+
+
+HOSTILE = [
+    ("../../outside", "magnitude", "harness", 0, "0" * 16),
+    ("digits", "../../../etc/passwd", "harness", 0, "0" * 16),
+    ("/etc", "/tmp/abs", "/root/x", 0, "0" * 16),
+    ("digits", "magnitude", "../../../../escape", 0, "0" * 16),
+    ("digits\\..\\..", "C:\\windows", "harness", 0, "0" * 16),
+    ("..", "magnitude", "harness", 0, "0" * 16),
+    ("digits", "..", "harness", 0, "0" * 16),
+    ("", ".", "", 0, "0" * 16),
+    ("digits", "magnitude", "harness", "/../../x", "/../../../../tmp/evil"),
+]
+
+
+@pytest.mark.parametrize("suite,method,variant,seed,run_id", HOSTILE)
+def test_record_path_stays_inside_the_results_directory(
+    tmp_path, suite, method, variant, seed, run_id
+):
+    results = tmp_path / "results"
+    path = record_path(results, hostile_record(suite, method, variant, seed, run_id))
+    assert path.is_relative_to(results.resolve())
+    assert path.parent.parent.parent == results.resolve()  # <suite>/<method>/<file>
+
+
+def test_record_path_refuses_a_linked_folder_that_leads_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "digits").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RbenchError, match="escapes the results directory"):
+        record_path(results, hostile_record("digits", "magnitude"))
+
+
+def test_validate_reports_hostile_names_and_opens_nothing(tmp_path, cli):
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    before = secret.stat().st_mtime_ns
+    bad = tmp_path / "records" / "bad.json"
+    bad.parent.mkdir()
+    record = valid_record()
+    record["suite"]["name"] = "../../secret"
+    record["method"]["name"] = str(secret)
+    bad.write_text(json.dumps(record))
+    code, out, _ = cli("validate", str(bad.parent))
+    assert code == 2
+    assert "schema: at method/name" in out and "schema: at suite/name" in out
+    assert secret.stat().st_mtime_ns == before and secret.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.json", "records", "secret.json"]
+
+
+def test_leaderboard_skips_hostile_records_and_writes_only_its_output(tmp_path):
+    from rbench.leaderboard import build
+
+    records = tmp_path / "records"
+    records.mkdir()
+    record = valid_record()
+    record["suite"]["name"] = "../../../pwned"
+    (records / "r.json").write_text(json.dumps(record))
+    _, loaded = build([records], tmp_path / "out", plots=False)
+    assert loaded.records == [] and len(loaded.skipped) == 1
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {
+        "records/r.json",
+        "out/LEADERBOARD.md",
+        "out/leaderboard.csv",
+        "out/leaderboard.json",
+    }
+
+
+# Calls that could run code or build objects from a file's content. JSON (json.loads) and
+# safetensors are the only readers; torch.load is allowed only with weights_only=True.
+CODE_LOADERS = {
+    "eval",
+    "exec",
+    "compile",
+    "pickle.load",
+    "pickle.loads",
+    "marshal.load",
+    "marshal.loads",
+    "yaml.load",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "dill.load",
+    "dill.loads",
+    "joblib.load",
+    "numpy.load",
+    "np.load",
+    "shelve.open",
+}
+
+
+def _call_name(node: ast.Call) -> str:
+    f = node.func
+    parts = []
+    while isinstance(f, ast.Attribute):
+        parts.append(f.attr)
+        f = f.value
+    # a chain that does not start at a plain name (`make().eval()`) is a method call, not a builtin
+    parts.append(f.id if isinstance(f, ast.Name) else "<expr>")
+    return ".".join(reversed(parts))
+
+
+def test_configs_and_records_are_parsed_as_data_only():
+    sources = sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "methods").glob("*.py"))
+    assert len(sources) > 20
+    found = []
+    for source in sources:
+        tree = ast.parse(source.read_text(), filename=str(source))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _call_name(node)
+            where = f"{source.relative_to(ROOT)}:{node.lineno} {name}"
+            if name in CODE_LOADERS:
+                found.append(where)
+            if name == "torch.load" and not any(
+                k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value
+                for k in node.keywords
+            ):
+                found.append(where + " without weights_only=True")
+    assert found == []
+
+
+# ------------------------------------------------------------------ 4. determinism
+
+SCRIPT = """
+import sys
+from dataclasses import replace
+from rbench.suites import get_suite, register_suite
+from rbench.cli import main
+base = get_suite("digits")
+register_suite(replace(base, name="digits-det", dense=replace(base.dense, epochs=6),
+                       compress_epochs=1, default_protocol="quick",
+                       protocols=tuple(replace(p, n_eval=40, batch_size=20)
+                                       for p in base.protocols)))
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_same_command_and_seed_give_byte_identical_metrics(tmp_path):
+    """Two runs from scratch (own cache, own results folder, own process) of one command."""
+    script = tmp_path / "run_det.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    metrics, weights = [], []
+    for sub in ("a", "b"):
+        cmd = [
+            sys.executable,
+            str(script),
+            "run",
+            *("-m", "magnitude", "-r", "8", "-s", "digits-det", "--seed", "3", "-q"),
+            *("--device", "cpu"),
+            *("--results-dir", str(tmp_path / sub / "r"), "--cache-dir", str(tmp_path / sub / "c")),
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (path,) = (tmp_path / sub / "r").rglob("*.json")
+        record = json.loads(path.read_text())
+        assert record["compute"]["dense_reused"] is False  # computed here, not reused
+        m = record["metrics"]  # a model whose numbers could differ: attacked, not constant
+        assert 0 < m["autoattack"]["correct"] < m["clean_eval_points"]["correct"]
+        weights.append(record["hashes"]["compressed"])
+        metrics.append(canonical_json(record["metrics"]))
+    assert metrics[0] == metrics[1]
+    assert weights[0] == weights[1]  # the compressed tensors are byte-identical too
+    assert json.loads(metrics[0])["autoattack"]["n"] == 40
