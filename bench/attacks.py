@@ -48,11 +48,15 @@ class PGD:
     def _start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if not self.random_start:
             return torch.zeros_like(x)
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        noise = torch.rand(x.shape, generator=generator, device="cpu").to(
+            x.device, x.dtype, non_blocking=True
+        )
         if self.norm == "Linf":
             delta = (2 * noise - 1) * self.eps
         else:
-            gauss = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+            gauss = torch.randn(x.shape, generator=generator, device="cpu").to(
+                x.device, x.dtype, non_blocking=True
+            )
             delta = _l2_project(gauss, self.eps) * noise.flatten(1)[:, :1].view(
                 -1, *[1] * (x.dim() - 1)
             )

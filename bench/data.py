@@ -95,7 +95,7 @@ class BatchLoader:
         n, device = len(self.split), self.split.y.device
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.to(device)
+        order = order.to(device, non_blocking=True)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.split.images(idx)
@@ -105,16 +105,18 @@ class BatchLoader:
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, done on the tensor's own device."""
+    """Random crop with zero padding and horizontal flip, done on the tensor's own device. The
+    offsets are drawn on the CPU (the same ones on every device) and copied without blocking, so
+    the host never waits for the GPU here."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 

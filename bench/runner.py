@@ -168,6 +168,8 @@ class Runner:
                 "threat": asdict(s.threat),
                 "recipe": asdict(s.dense),
                 "seed": self.cfg.seed,
+                # fit's "auto" precision trains in bf16 on CUDA: not the same model as fp32
+                **({"precision": "bf16"} if self.device.type == "cuda" else {}),
             }
         )
 
