@@ -12,10 +12,11 @@ setup:  ## create .venv and install rbench with its test tools at the tested ver
 	@$(BIN)/rbench --version
 
 # Two pytest workers with one torch thread each use a 2-core machine better than one worker
-# with two threads (the models are small). Then the robust-accuracy regression check.
+# with two threads (the models are small). Then the robust-accuracy regression check of every
+# registered method against leaderboard/baseline.json (two threads: the baseline was made so).
 test: lint  ## lint, every CPU test, and the regression check (what CI runs)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not gpu" -q
-	OMP_NUM_THREADS=2 $(BIN)/rbench check --methods dense,magnitude
+	OMP_NUM_THREADS=2 $(BIN)/rbench check
 
 test-fast: lint  ## lint, then the tests that need no long training
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not gpu and not slow" -q
