@@ -169,7 +169,7 @@ def train_dense(suite_name: str, data_root: str | None, seed: int, out: str, dev
     from rbench.models import build_model
     from rbench.store import save_tensors
     from rbench.suites import get_suite
-    from rbench.train import fit, make_optimizer
+    from rbench.train import fit_recipe, make_optimizer
 
     info = init_from_env(device)
     suite = get_suite(suite_name)
@@ -197,19 +197,15 @@ def train_dense(suite_name: str, data_root: str | None, seed: int, out: str, dev
             f"dense model of {suite.name}: {recipe.epochs} epochs of PGD-{attack.steps} AT on "
             f"{info.world_size} process(es), {loader.batch_size} images per process and step"
         )
-        fit(
+        fit_recipe(
             model,
             loader,
+            recipe,
             attack=attack,
             meter=meter,
-            epochs=recipe.epochs,
-            lr=recipe.lr,
             optimizer=optimizer,
-            schedule=recipe.schedule,
-            loss="adv",
             # a different attack start per rank; rank 0 keeps the single-process seed
             seed=seed + 1_000_003 * info.rank,
-            eps_ramp=recipe.eps_ramp,
             wrap=ddp_wrapper(info),
             progress=lambda e, s: say(
                 f"  epoch {e + 1}/{recipe.epochs}: loss {s['loss']:.3f}, "

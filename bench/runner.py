@@ -43,7 +43,7 @@ from rbench.records import build_record, record_path, validate_record, write_rec
 from rbench.registry import get_method, make_config, nondefault
 from rbench.store import CorruptArtifact, Store, content_hash, sha256_file
 from rbench.suites import Suite, get_suite
-from rbench.train import fit
+from rbench.train import fit_recipe
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
 STAGE_VERSIONS = {"dense": 1, "compress": 2, "evaluate": 1}
@@ -254,18 +254,14 @@ class Runner:
                 f"adversarial train acc {stats['accuracy']:.3f}"
             )
 
-        fit(
+        fit_recipe(
             model,
             loader,
+            recipe,
             attack=attack,
             meter=meter,
-            epochs=recipe.epochs,
-            lr=recipe.lr,
             optimizer=optimizer,
-            schedule=recipe.schedule,
-            loss="adv",
             seed=self.cfg.seed,
-            eps_ramp=recipe.eps_ramp,
             on_epoch_end=checkpoint,
             bar=None if self.cfg.quiet else "dense adversarial training",
             start_epoch=start,

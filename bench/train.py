@@ -329,3 +329,32 @@ def fit(
         if channels_last == "model":
             model.to(memory_format=torch.contiguous_format)
     return optimizer
+
+
+def fit_recipe(
+    model: nn.Module,
+    loader,
+    recipe,
+    *,
+    attack: PGD,
+    meter: ComputeMeter,
+    optimizer,
+    seed: int,
+    **kwargs,
+) -> torch.optim.Optimizer:
+    """PGD-AT following a suite's dense `recipe` (suites.TrainRecipe): the dense stage, in one
+    process (rbench.runner) or under torchrun (rbench.distributed)."""
+    return fit(
+        model,
+        loader,
+        attack=attack,
+        meter=meter,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        optimizer=optimizer,
+        schedule=recipe.schedule,
+        loss="adv",
+        seed=seed,
+        eps_ramp=recipe.eps_ramp,
+        **kwargs,
+    )
