@@ -197,3 +197,20 @@ def assert_same_run(a: dict, b: dict) -> None:
     for key in COMPARED:
         assert a[key] == b[key], key
     assert a["compute"]["used_epochs"] == b["compute"]["used_epochs"]
+
+
+def tiny_cli_script(name: str, compress_epochs: float, batch_size: int) -> str:
+    """Python source for a child process: register a tiny digits suite `name` the way a plugin
+    would, then run the real CLI on sys.argv (for tests that kill or compare whole processes)."""
+    return f"""
+import sys
+from dataclasses import replace
+from rbench.suites import get_suite, register_suite
+from rbench.cli import main
+base = get_suite("digits")
+register_suite(replace(base, name="{name}", dense=replace(base.dense, epochs=6),
+                       compress_epochs={compress_epochs}, default_protocol="quick",
+                       protocols=tuple(replace(p, n_eval=40, batch_size={batch_size})
+                                       for p in base.protocols)))
+main(sys.argv[1:])
+"""

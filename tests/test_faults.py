@@ -11,23 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_run
+from conftest import assert_same_run, tiny_cli_script
 
 pytestmark = pytest.mark.slow
 
 # A tiny suite registered the way a plugin would, then the real CLI.
-SCRIPT = """
-import sys
-from dataclasses import replace
-from rbench.suites import get_suite, register_suite
-from rbench.cli import main
-base = get_suite("digits")
-register_suite(replace(base, name="digits-tiny", dense=replace(base.dense, epochs=6),
-                       compress_epochs=2, default_protocol="quick",
-                       protocols=tuple(replace(p, n_eval=40, batch_size=10)
-                                       for p in base.protocols)))
-main(sys.argv[1:])
-"""
+SCRIPT = tiny_cli_script("digits-tiny", compress_epochs=2, batch_size=10)
 
 
 def command(tmp_path, sub, cache="cache"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import registered, tiny_digits
+from conftest import registered, tiny_cli_script, tiny_digits
 from safetensors.torch import save_file
 from test_validate import valid_record  # a consistent hand-built record (tests/ is on sys.path)
 from torch import nn
@@ -405,18 +405,7 @@ def test_configs_and_records_are_parsed_as_data_only():
 
 # ------------------------------------------------------------------ 4. determinism
 
-SCRIPT = """
-import sys
-from dataclasses import replace
-from rbench.suites import get_suite, register_suite
-from rbench.cli import main
-base = get_suite("digits")
-register_suite(replace(base, name="digits-det", dense=replace(base.dense, epochs=6),
-                       compress_epochs=1, default_protocol="quick",
-                       protocols=tuple(replace(p, n_eval=40, batch_size=20)
-                                       for p in base.protocols)))
-main(sys.argv[1:])
-"""
+SCRIPT = tiny_cli_script("digits-det", compress_epochs=1, batch_size=20)
 
 
 @pytest.mark.slow
