@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint format bench leaderboard clean
+.PHONY: setup test test-fast lint format bench leaderboard leaderboard-runs clean
 
 setup:  ## create .venv and install rbench with its test tools at the tested versions
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,18 @@ bench:  ## rbench's PGD-AT epoch and AutoAttack path against plain PyTorch (docs
 
 leaderboard:  ## regenerate leaderboard/LEADERBOARD.md, CSV, JSON and plots from leaderboard/entries
 	$(BIN)/rbench leaderboard
+
+# The runs behind the committed mnist5k leaderboard (hours on a 2-core CPU; a rerun skips what
+# is done and resumes what was interrupted). Then `make leaderboard`.
+LB_METHODS = cstar,hydra,lth-adv,magnitude,orth-lowrank,radmm,sparse-robust,tscnc
+LB = --results-dir leaderboard/entries
+leaderboard-runs:  ## the sweeps behind leaderboard/entries (quick: every ratio x 3 seeds; standard: 4, 16)
+	$(BIN)/rbench sweep --methods dense --ratios 1 --seeds 0,1,2 $(LB)
+	$(BIN)/rbench sweep --methods $(LB_METHODS) --ratios 2,4,8,16,32 --seeds 0,1,2 $(LB)
+	$(BIN)/rbench sweep --methods dense --ratios 1 --seeds 0 --protocol standard $(LB)
+	$(BIN)/rbench sweep --methods $(LB_METHODS) --ratios 4,16 --seeds 0 --protocol standard $(LB)
+	for r in 4 16; do for p in quick standard; do \
+	  $(BIN)/rbench run -m radmm --opt structure=filter -r $$r --protocol $$p $(LB) -q; done; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

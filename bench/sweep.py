@@ -53,6 +53,29 @@ def manifest_path(base: RunConfig, jobs: list[Job]) -> Path:
     return Path(base.cache_dir or default_cache_dir()).expanduser() / "sweeps" / f"{key}.json"
 
 
+def existing_record(base: RunConfig, job: Job) -> str | None:
+    """A record of this job already in the results folder (same suite version, protocol, budget,
+    no option overrides), so that a sweep resumes from the records themselves, on a machine whose
+    cache never saw them."""
+    suite = get_suite(base.suite)
+    protocol = suite.protocol(base.protocol).name
+    epochs = suite.compress_epochs if base.epochs is None else float(base.epochs)
+    folder = Path(base.results_dir) / suite.name / job.method
+    for path in sorted(folder.glob(f"harness-r{job.ratio:g}-s{job.seed}-*.json")):
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+            if (
+                r["suite"]["version"] == suite.version
+                and r["protocol"]["name"] == protocol
+                and float(r["budget"]["epochs"]) == epochs
+                and not r["method"]["config_nondefault"]
+            ):
+                return str(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: not a finished job
+    return None
+
+
 def _executor(kind: str, folder: Path, slurm: dict):
     import submitit
 
@@ -95,14 +118,14 @@ def sweep(
     jobs = [Job(m, float(r), int(s)) for s, m, r in itertools.product(seeds, methods, ratios)]
     path = manifest_path(base, jobs)
     manifest = json.loads(path.read_text()) if path.is_file() else {}
-    todo = [
-        j
-        for j in jobs
-        if not (
-            manifest.get(j.name, {}).get("status") == "done"
-            and Path(manifest[j.name]["record"]).is_file()
-        )
-    ]
+    for j in jobs:
+        done = manifest.get(j.name, {})
+        if not (done.get("status") == "done" and Path(done["record"]).is_file()):
+            if record := existing_record(base, j):
+                manifest[j.name] = {"status": "done", "record": record, "autoattack": None}
+            else:
+                manifest.pop(j.name, None)
+    todo = [j for j in jobs if manifest.get(j.name, {}).get("status") != "done"]
     say(
         f"sweep: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run "
         f"({executor} executor); manifest {path}"

@@ -2,6 +2,7 @@
 others, and a rerun skips the finished jobs."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,12 @@ def test_sweep_with_a_failure_and_a_resume(tmp_path):
         assert "5 already done, 3 to run" in messages[0]
         assert second["magnitude-r4-s1"]["status"] == "done" and lost.is_file()
         assert {n: p.stat().st_mtime_ns for n, p in records.items()} == stamps
+        # on another machine (a fresh cache, no manifest) the records alone say what is done
+        messages = []
+        moved = replace(base, cache_dir=str(tmp_path / "elsewhere"))
+        third = sweep(moved, ["magnitude"], [1, 4], [0, 1], executor="local", say=messages.append)
+        assert "4 already done, 0 to run" in messages[0]
+        assert {n: Path(r["record"]) for n, r in third.items()} == {
+            n: p for n, p in {**records, "magnitude-r4-s1": lost}.items() if n in third
+        }
+        assert not (tmp_path / "elsewhere" / "dense").exists()  # nothing was trained again
