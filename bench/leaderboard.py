@@ -83,6 +83,15 @@ def _number(value, name: str) -> float | None:
     return float(value)
 
 
+def _variant(method: dict) -> str:
+    """The variant, with any option overrides ("harness, structure=filter"): rows that differ
+    only in options must not read alike."""
+    options = method.get("config_nondefault") or {}
+    if not isinstance(options, dict):
+        raise TypeError("method.config_nondefault is not an object")
+    return ", ".join([str(method["variant"])] + [f"{k}={options[k]}" for k in sorted(options)])
+
+
 def record_row(r: dict) -> dict:
     """The flat row one record contributes (before seeds are aggregated)."""
     m, summary = r["metrics"], (r.get("diagnostics") or {}).get("summary") or {}
@@ -98,7 +107,7 @@ def record_row(r: dict) -> dict:
             {**protocol, "batch_size": None, "aa": r["environment"]["pyautoattack"]}, 8
         ),  # the batch size changes no result
         "method": r["method"]["name"],
-        "variant": r["method"]["variant"],
+        "variant": _variant(r["method"]),
         "ratio": float(r["budget"]["ratio"]),
         "config": content_hash(r["method"].get("config_nondefault") or {}, 8),
         "budget_epochs": float(budget),

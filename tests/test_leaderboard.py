@@ -255,3 +255,11 @@ def test_plots_are_written_and_linked(tmp_path):
     for link in links:
         png = tmp_path / "out" / link
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_option_overrides_are_shown_and_kept_apart():
+    from rbench.leaderboard import _variant
+
+    assert _variant({"variant": "harness", "config_nondefault": {}}) == "harness"
+    shown = _variant({"variant": "harness", "config_nondefault": {"structure": "filter", "a": 1}})
+    assert shown == "harness, a=1, structure=filter"
