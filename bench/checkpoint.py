@@ -91,3 +91,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise RbenchError(f"checkpoint '{path}' is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def strip_model_prefix(state: dict, model: nn.Module) -> dict:
+    """Accept state dicts saved from the full Classifier or from its bare network."""
+    own = model.state_dict()
+    if set(state) <= set(own):
+        return state
+    prefixed = {f"net.{k}": v for k, v in state.items()}
+    missing_norm = {k: own[k] for k in own if k.startswith("normalize.")}
+    return {**missing_norm, **prefixed} if set(prefixed) <= set(own) else state

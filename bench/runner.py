@@ -9,13 +9,13 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rbench import evaluate as ev
+from rbench import stage_keys as keys
 from rbench.budget import Budget, ComputeMeter, measure_compression, verify_ratio
 from rbench.checkpoint import (
     load_model_tensors,
@@ -24,6 +24,7 @@ from rbench.checkpoint import (
     optimizer_tensors,
     read_checkpoint,
     restore_optimizer,
+    strip_model_prefix,
 )
 from rbench.config import (  # noqa: F401  (re-exported: the runner's public interface)
     RunConfig,
@@ -40,25 +41,10 @@ from rbench.latency import measure_latency
 from rbench.layers import finalize, rebuild, structure_of
 from rbench.models import build_model
 from rbench.records import build_record, record_path, validate_record, write_record
-from rbench.registry import get_method, make_config, nondefault
-from rbench.store import CorruptArtifact, Store, content_hash, sha256_file
+from rbench.registry import get_method, make_config
+from rbench.store import CorruptArtifact, Store, content_hash
 from rbench.suites import Suite, get_suite
 from rbench.train import fit_recipe
-
-# Bump when a stage's code changes what it produces: old cache entries are then not reused.
-STAGE_VERSIONS = {"dense": 1, "compress": 2, "evaluate": 1}
-
-
-def method_code_hash(method_cls) -> str:
-    """Hash of the file defining the method, so that editing a method invalidates its cached
-    compressions (shared bench/ code changes still need a STAGE_VERSIONS bump)."""
-    import inspect
-
-    try:
-        source = inspect.getsource(sys.modules[method_cls.__module__])
-    except (OSError, TypeError, KeyError):  # defined interactively: no file to hash
-        source = method_cls.__qualname__
-    return content_hash(source, 16)
 
 
 class ShardDone(Exception):
@@ -152,26 +138,7 @@ class Runner:
         return record
 
     def dense_key(self) -> str:
-        if self.cfg.dense_checkpoint:
-            digest = sha256_file(Path(self.cfg.dense_checkpoint).expanduser())
-            return content_hash(
-                {"checkpoint": digest, "arch": self.suite.arch, "dataset": self.suite.dataset}
-            )
-        s = self.suite
-        return content_hash(
-            {
-                "stage": STAGE_VERSIONS["dense"],
-                "suite": s.name,
-                "version": s.version,
-                "dataset": s.dataset,
-                "arch": s.arch,
-                "threat": asdict(s.threat),
-                "recipe": asdict(s.dense),
-                "seed": self.cfg.seed,
-                # fit's "auto" precision trains in bf16 on CUDA: not the same model as fp32
-                **({"precision": "bf16"} if self.device.type == "cuda" else {}),
-            }
-        )
+        return keys.dense_key(self.suite, self.cfg.seed, self.device, self.cfg.dense_checkpoint)
 
     def dense_model(self, data: DataSplits) -> nn.Module:
         """The suite's adversarially trained dense model: from the cache, from the user's
@@ -198,7 +165,7 @@ class Runner:
                 state = read_checkpoint(self.cfg.dense_checkpoint)
                 load_state(
                     model,
-                    _strip_model_prefix(state, model),
+                    strip_model_prefix(state, model),
                     f"checkpoint '{self.cfg.dense_checkpoint}'",
                 )
                 meta = {"source": "checkpoint", "path": str(self.cfg.dense_checkpoint)}
@@ -270,19 +237,13 @@ class Runner:
         return {"source": "trained", "epochs": recipe.epochs, "compute_epochs": meter.used_epochs}
 
     def compress_key(self) -> str:
-        m = self.method_cls
-        return content_hash(
-            {
-                "stage": STAGE_VERSIONS["compress"],
-                "dense": self.stages.keys["dense"],
-                "method": m.name,
-                "code": method_code_hash(m),
-                "config": nondefault(self.config),
-                "finetune_lr": self.suite.finetune_lr,
-                "ratio": self.budget.ratio,
-                "epochs": self.budget.epochs,
-                "seed": self.cfg.seed,
-            }
+        return keys.compress_key(
+            self.stages.keys["dense"],
+            self.method_cls,
+            self.config,
+            self.suite,
+            self.budget,
+            self.cfg.seed,
         )
 
     def compress(self, dense: nn.Module, data: DataSplits) -> tuple[nn.Module, dict]:
@@ -334,14 +295,8 @@ class Runner:
         return model, meta
 
     def evaluate_key(self) -> str:
-        return content_hash(
-            {
-                "stage": STAGE_VERSIONS["evaluate"],
-                "compress": self.stages.keys["compress"],
-                "protocol": asdict(self.protocol),
-                "threat": asdict(self.suite.threat),
-                "seed": self.cfg.seed,
-            }
+        return keys.evaluate_key(
+            self.stages.keys["compress"], self.protocol, self.suite, self.cfg.seed
         )
 
     def _cached_attack(self, name: str, compute):
@@ -446,16 +401,6 @@ class Runner:
         if data is not None:
             x = data.test.head(self.protocol.n_eval).head(100).images(slice(None))
         return diagnose(model, self.suite.data.input_shape, x)
-
-
-def _strip_model_prefix(state: dict, model: nn.Module) -> dict:
-    """Accept state dicts saved from the full Classifier or from its bare network."""
-    own = model.state_dict()
-    if set(state) <= set(own):
-        return state
-    prefixed = {f"net.{k}": v for k, v in state.items()}
-    missing_norm = {k: own[k] for k in own if k.startswith("normalize.")}
-    return {**missing_norm, **prefixed} if set(prefixed) <= set(own) else state
 
 
 def run(cfg: RunConfig) -> dict:

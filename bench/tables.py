@@ -56,10 +56,9 @@ def record_diagnostics(path: str) -> dict:
 
 
 def checkpoint_diagnostics(path: str, suite_name: str, data_root, points: int) -> dict:
-    from rbench.checkpoint import load_state, read_checkpoint
+    from rbench.checkpoint import load_state, read_checkpoint, strip_model_prefix
     from rbench.data import load_data
     from rbench.models import build_model
-    from rbench.runner import _strip_model_prefix
     from rbench.spectral import diagnose
     from rbench.suites import get_suite
 
@@ -67,7 +66,7 @@ def checkpoint_diagnostics(path: str, suite_name: str, data_root, points: int) -
     info = suite.data
     model = build_model(suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
     state = read_checkpoint(path)
-    load_state(model, _strip_model_prefix(state, model), f"checkpoint '{path}'")
+    load_state(model, strip_model_prefix(state, model), f"checkpoint '{path}'")
     x = None
     if points:
         try:
