@@ -86,9 +86,18 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        # FlopCounterMode cannot trace torch.autograd.grad called inside a forward pass
+        raise RbenchError(
+            "cannot count the MACs of this model: its forward pass failed under "
+            f"torch.utils.flop_counter ({str(exc).splitlines()[0][:160]}); a compressed model "
+            "must be a plain forward computation (no autograd calls inside forward)"
+        ) from None
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() // 2
 
 

@@ -1,7 +1,8 @@
 """Integrity: planted gradient-masking models are flagged unreliable by the harness's own run (and
 the honest model is not); a method that claims more compression than its tensors hold is refused;
-paths built from records cannot leave the results directory and records and configs are read as
-data only; the same command and seed give byte-identical metrics."""
+a model whose MACs cannot be counted and a method over its compute allowance are stopped with one
+clear line; paths built from records cannot leave the results directory and records and configs
+are read as data only; the same command and seed give byte-identical metrics."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from test_validate import valid_record  # a consistent hand-built record (tests/ is on sys.path)
 from torch import nn
 
+from rbench.budget import ComputeMeter
 from rbench.errors import RbenchError
 from rbench.evaluate import UNRELIABLE, autoattack_correct
 from rbench.records import record_path
@@ -127,6 +129,8 @@ class PlantedMasking(Method):
     def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
         if self.config.wrapper == "none":
             return model
+        if self.config.wrapper == "grad-in-forward":
+            return GradientInForward(model)
         return PLANTED[self.config.wrapper][0](model)
 
 
@@ -158,6 +162,29 @@ class ClaimsRatio(Method):
         return model
 
 
+@dataclass
+class GreedyConfig(MethodConfig):
+    overspend: float = 1.5  # trains for this multiple of the budget
+
+
+class Greedy(Method):
+    """Test double: keeps the model dense and adversarially trains it for `overspend` times its
+    compute allowance."""
+
+    name = "planted-greedy"
+    kind = "dense"
+    citation = "none (a planted over-budget method for tests/test_integrity.py)"
+    Config = GreedyConfig
+
+    def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
+        # small batches, so that a few percent of an epoch is a whole number of steps
+        ctx.fit(model, epochs=budget.epochs * self.config.overspend, lr=1e-3, batch_size=8)
+        return model
+
+
+PLANTED_METHODS = (PlantedMasking, ClaimsRatio, Greedy)
+
+
 @pytest.fixture(scope="module")
 def planted_env(tmp_path_factory, _trained_digits_state):
     """A digits suite with 40 quick-protocol points in one AutoAttack chunk, the planted methods
@@ -165,13 +192,13 @@ def planted_env(tmp_path_factory, _trained_digits_state):
     ckpt = tmp_path_factory.mktemp("dense") / "dense.safetensors"
     save_file({k: v.contiguous() for k, v in _trained_digits_state.items()}, ckpt)
     suite = tiny_digits(SUITE, dense_epochs=1, compress_epochs=1, n_eval=40, batch_size=40)
-    for cls in (PlantedMasking, ClaimsRatio):
+    for cls in PLANTED_METHODS:
         register_method(cls)
     try:
         with registered(suite):
             yield ckpt
     finally:
-        for cls in (PlantedMasking, ClaimsRatio):
+        for cls in PLANTED_METHODS:
             METHODS.pop(cls.name)
 
 
@@ -264,7 +291,61 @@ def test_dishonest_method_through_the_cli_is_one_clear_line(tmp_path, planted_en
     assert not results.exists() or not list(results.rglob("*.json"))
 
 
-# ------------------------------------------------------------------ 3. hostile files
+def test_model_that_differentiates_inside_forward_is_one_clear_line(tmp_path, planted_env, cli):
+    """torch's FLOP counter cannot trace autograd.grad inside a forward pass: the harness says so
+    in one sentence instead of a traceback, and writes no record."""
+    results = tmp_path / "results"
+    code, _, err = cli(
+        "run",
+        *(
+            "-m",
+            "planted-masking",
+            "-r",
+            "1",
+            "-s",
+            SUITE,
+            "-q",
+            "--opt",
+            "wrapper=grad-in-forward",
+        ),
+        *("--dense-checkpoint", str(planted_env), "--device", "cpu"),
+        *("--results-dir", str(results), "--cache-dir", str(tmp_path / "cache")),
+    )
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot count the MACs of this model"), line
+    assert not results.exists() or not list(results.rglob("*.json"))
+
+
+# ------------------------------------------------------------------ 3. the compute allowance
+
+
+def test_five_percent_over_the_allowance_is_tolerated_and_more_is_stopped():
+    meter = ComputeMeter(n_train=100, attack_steps=4, limit_epochs=2.0)
+    meter.charge(100, 5 * 2)  # exactly the allowance
+    meter.charge(10, 5)  # +5% (50 of 1000 passes): the tolerance
+    assert meter.used_epochs == pytest.approx(2.1)
+    with pytest.raises(RbenchError, match=r"compute budget exceeded: 2\.12 AT-epochs used of 2"):
+        meter.charge(2, 5)  # one more pass for two samples: over the tolerance
+
+
+@pytest.mark.parametrize("overspend,stopped", [(1.04, False), (1.5, True)])
+def test_method_training_past_its_budget_is_stopped(tmp_path, planted_env, overspend, stopped):
+    """Through the runner's real path: 4% over the allowance runs to a record that shows the
+    compute used; 50% over is stopped inside ctx.fit and leaves no record."""
+    cfg = planted_config(tmp_path, planted_env, "planted-greedy", overspend=overspend)
+    if stopped:
+        with pytest.raises(RbenchError, match="compute budget exceeded"):
+            Runner(cfg).run()
+        assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*"))
+    else:
+        Runner(cfg).run()
+        record = written_record(tmp_path)
+        used, allowed = record["compute"]["used_epochs"], record["budget"]["epochs"]
+        assert allowed < used <= allowed * 1.05
+
+
+# ------------------------------------------------------------------ 4. hostile files
 
 
 def hostile_record(
@@ -403,7 +484,7 @@ def test_configs_and_records_are_parsed_as_data_only():
     assert found == []
 
 
-# ------------------------------------------------------------------ 4. determinism
+# ------------------------------------------------------------------ 5. determinism
 
 SCRIPT = tiny_cli_script("digits-det", compress_epochs=1, batch_size=20)
 
