@@ -13,6 +13,7 @@ from torch import nn
 from rbench.attacks import PGD
 from rbench.budget import Budget, ComputeMeter
 from rbench.data import BatchLoader, DataSplits, Split
+from rbench.registry import SGDConfig
 from rbench.suites import Suite
 from rbench.train import LOSS_PASSES, StepHooks, fit
 
@@ -86,6 +87,17 @@ class Context:
             seed=self.seed,
             progress=self._epoch_progress(tag, epochs),
             **{"bar": None if self.quiet else tag, **kwargs},
+        )
+
+    def fit_sgd(self, model: nn.Module, cfg: SGDConfig, **kwargs) -> torch.optim.Optimizer:
+        """`fit` with SGD at the momentum, weight decay and batch size of a method's config."""
+        return self.fit(
+            model,
+            optimizer="sgd",
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            **kwargs,
         )
 
     def affordable_epochs(

@@ -32,6 +32,16 @@ class MethodConfig:
     variant: str = "harness"
 
 
+@dataclass
+class SGDConfig(MethodConfig):
+    """The SGD settings most methods train with (the learning rates stay each method's own:
+    they differ by phase and by paper). `Context.fit_sgd` reads them."""
+
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int | None = None  # None: the suite's
+
+
 class Method:
     name: ClassVar[str]
     kind: ClassVar[str]

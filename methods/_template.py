@@ -37,19 +37,17 @@ from torch import nn
 from rbench.budget import Budget, compressible_layers
 from rbench.errors import RbenchError
 from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.train import StepHooks
 
 
 @dataclass
-class TemplateConfig(MethodConfig):
-    """The paper's defaults; every field becomes an `--opt key=value` override."""
+class TemplateConfig(SGDConfig):
+    """The paper's defaults; every field becomes an `--opt key=value` override. SGDConfig brings
+    momentum, weight_decay and batch_size (override a default by naming the field again)."""
 
     variant: Literal["harness", "paper"] = "harness"
     lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's (paper)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int | None = None  # None: the suite's
 
 
 @register_method
@@ -91,14 +89,11 @@ def score_and_select(model: nn.Module, ratio: float) -> dict[str, torch.Tensor]:
 def fine_tune(model: nn.Module, cfg: TemplateConfig, ctx, lr: float) -> None:
     """Step 3: train the survivors through ctx (so the compute is metered), masks fixed."""
     loss = "ce" if cfg.variant == "paper" else "adv"
-    ctx.fit(
+    ctx.fit_sgd(
         model,
+        cfg,
         epochs=ctx.affordable_epochs(loss=loss),
         lr=lr,
-        optimizer="sgd",
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        batch_size=cfg.batch_size,
         loss=loss,
         hooks=StepHooks(after_backward=mask_gradients, after_step=reapply_masks),
         tag="fine-tuning",

@@ -72,17 +72,16 @@ from rbench.budget import Budget, compressible_layers
 from rbench.errors import RbenchError
 from rbench.factorised import factorise, recalibrate_batchnorm, svd_project, tucker2_project
 from rbench.ranks import plan_global
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.train import StepHooks
 
 
 @dataclass
-class CstarConfig(MethodConfig):
+class CstarConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     rank_rule: Literal["threshold", "greedy"] = "threshold"  # rbench.ranks.plan_global
     admm_share: float = 0.5  # of the compute budget; the rest fine-tunes
     lr: float = 0.01  # both variants: see the docstring, "Learning rate"
-    momentum: float = 0.9
     weight_decay: float = 0.0
     rho: float | None = None  # None: the variant's (paper 1e-3, harness 0.1 / lr)
     rho_growth: float | None = None  # per Z/D update; None: the variant's (paper 1.3, harness 1)
@@ -91,7 +90,6 @@ class CstarConfig(MethodConfig):
     keep_first_conv: bool = True
     keep_last_linear: bool = True
     bn_batches: int = 8  # batches of adversarial examples for the BatchNorm re-estimate
-    batch_size: int | None = None  # None: the suite's
 
 
 def dense_layers(model: nn.Module, ratio: float, cfg: CstarConfig) -> list[str]:
@@ -168,15 +166,12 @@ def admm_phase(model: nn.Module, ranks: dict, cfg: CstarConfig, ctx) -> ADMM:
         model, layer_weights(ranks), projector(ranks, cfg.hooi_sweeps), rho=rho, rho_growth=growth
     )
     ctx.report["admm_residual_start"] = admm.primal_residual(model)
-    ctx.fit(
+    ctx.fit_sgd(
         model,
+        cfg,
         epochs=epochs,
         lr=cfg.lr,
-        optimizer="sgd",
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
         schedule="constant",
-        batch_size=cfg.batch_size,
         loss="adv",
         hooks=StepHooks(regularizer=admm.penalty, after_step=admm.after_steps(at)),
         tag="ADMM (Tucker-2 projection)",
@@ -219,15 +214,12 @@ def reestimate_batchnorm(model: nn.Module, cfg: CstarConfig, ctx) -> None:
 def fine_tune(model: nn.Module, cfg: CstarConfig, ctx) -> None:
     epochs = phase_epochs(cfg, ctx, 1.0)
     ctx.report["finetune_epochs"] = epochs
-    ctx.fit(
+    ctx.fit_sgd(
         model,
+        cfg,
         epochs=epochs,
         lr=cfg.lr,
-        optimizer="sgd",
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
         schedule="cosine",
-        batch_size=cfg.batch_size,
         loss="adv",
         tag="adversarial fine-tuning of the factors",
     )

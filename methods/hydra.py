@@ -52,22 +52,19 @@ from torch import nn
 
 from rbench.budget import Budget, compressible_layers
 from rbench.layers import keep_counts, mask_gradients, reapply_masks
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.scores import attach_scores, freeze_weights, scores_to_masks
 from rbench.train import StepHooks
 
 
 @dataclass
-class HydraConfig(MethodConfig):
+class HydraConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     prune_epochs: float = 20.0  # the paper's phase lengths; only their ratio survives
     finetune_epochs: float = 100.0  # the budget scaling
     prune_lr: float = 0.1
     finetune_lr: float | None = None  # None: Method.finetune_lr (paper: 0.01)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
     trades_beta: float = 6.0
-    batch_size: int | None = None  # None: the suite's
 
 
 @register_method
@@ -104,12 +101,9 @@ class Hydra(Method):
 
     def _fit(self, model: nn.Module, ctx, **kwargs) -> None:
         cfg = self.config
-        ctx.fit(
+        ctx.fit_sgd(
             model,
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
+            cfg,
             loss=self.loss,
             trades_beta=cfg.trades_beta,
             **kwargs,

@@ -20,18 +20,15 @@ from torch import nn
 
 from rbench.budget import Budget
 from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.train import StepHooks
 
 
 @dataclass
-class MagnitudeConfig(MethodConfig):
+class MagnitudeConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     scope: Literal["layer", "global"] = "layer"  # HYDRA's LWM: layer-wise uniform
     lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int | None = None  # None: the suite's
 
 
 @register_method
@@ -55,14 +52,11 @@ class Magnitude(Method):
         masks = magnitude_masks(model, budget.ratio, scope=cfg.scope)
         apply_masks(model, masks)
         loss = "trades" if cfg.variant == "paper" else "adv"
-        ctx.fit(
+        ctx.fit_sgd(
             model,
+            cfg,
             epochs=ctx.affordable_epochs(loss=loss),
             lr=self.finetune_lr(ctx, cfg.lr, paper=0.01),
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
             loss=loss,
             hooks=StepHooks(after_backward=mask_gradients, after_step=reapply_masks),
             tag="adversarial fine-tuning",

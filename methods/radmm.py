@@ -76,12 +76,12 @@ from rbench.admm import ADMM, layer_weights
 from rbench.budget import Budget, compressible_layers
 from rbench.errors import RbenchError
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.train import StepHooks
 
 
 @dataclass
-class RADMMConfig(MethodConfig):
+class RADMMConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     structure: Literal["irregular", "filter"] = "irregular"
     layers: Literal["all", "conv"] = "all"  # paper: "conv" (FC dense); see the docstring
@@ -93,9 +93,6 @@ class RADMMConfig(MethodConfig):
     retrain_epochs: float = 200.0
     admm_lr: float | None = None  # None: Method.finetune_lr (paper: 0.01)
     retrain_lr: float | None = None  # likewise
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int | None = None  # None: the suite's
 
 
 # ------------------------------------------------------------------------------ projections
@@ -225,15 +222,12 @@ class RADMM(Method):
             rho_growth=cfg.rho_growth,
         )
         updates = {round(i * total / rounds) for i in range(1, rounds)} - {0, total}
-        ctx.fit(
+        ctx.fit_sgd(
             model,
+            cfg,
             epochs=epochs,
             lr=self.finetune_lr(ctx, cfg.admm_lr, paper=0.01),
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
             schedule=admm_lr_factor(rounds),
-            batch_size=cfg.batch_size,
             loss="adv",
             attack_mode="train" if cfg.variant == "paper" else "eval",
             hooks=StepHooks(regularizer=admm.penalty, after_step=admm.after_steps(updates)),
@@ -255,14 +249,11 @@ class RADMM(Method):
     # -- step 4
     def retrain(self, model: nn.Module, ctx) -> None:
         cfg = self.config
-        ctx.fit(
+        ctx.fit_sgd(
             model,
+            cfg,
             epochs=ctx.affordable_epochs(),
             lr=self.finetune_lr(ctx, cfg.retrain_lr, paper=0.01),
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
             loss="adv",
             attack_mode="train" if cfg.variant == "paper" else "eval",
             hooks=StepHooks(after_backward=mask_gradients, after_step=reapply_masks),

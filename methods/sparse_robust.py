@@ -71,14 +71,14 @@ from torch.nn.utils import parametrize
 from rbench.budget import Budget, compressible_layers
 from rbench.errors import RbenchError
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.train import StepHooks
 
 SURGERY_TAG = "sparse-robust/surgery"
 
 
 @dataclass
-class SparseRobustConfig(MethodConfig):
+class SparseRobustConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     c_rate: float | None = None  # None: calibrated per layer to the budget
     gamma: float = 1e-4
@@ -86,9 +86,7 @@ class SparseRobustConfig(MethodConfig):
     iter_stop: int = 14_000
     splice_share: float = 0.5  # of the budget, for the splicing phase
     lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
-    momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int | None = None  # None: the suite's
 
 
 @register_method
@@ -143,14 +141,11 @@ class SparseRobust(Method):
 
     def train(self, model, ctx, share: float, loss: str, hooks: StepHooks, tag: str) -> None:
         cfg = self.config
-        ctx.fit(
+        ctx.fit_sgd(
             model,
+            cfg,
             epochs=ctx.affordable_epochs(share, loss=loss),
             lr=self.finetune_lr(ctx, cfg.lr, paper=0.01),
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
             loss=loss,
             hooks=hooks,
             tag=tag,

@@ -80,7 +80,7 @@ from torch import nn
 
 from rbench.budget import Budget, compressible_layers, effective_weight
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.registry import Method, SGDConfig, register_method
 from rbench.scores import attach_scores, freeze_weights, scores_to_masks
 from rbench.train import StepHooks
 
@@ -144,7 +144,7 @@ def geometric_mean_kappa(model: nn.Module) -> float:
 
 
 @dataclass
-class TSCNCConfig(MethodConfig):
+class TSCNCConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
     prune: Literal["magnitude", "scores"] | None = None  # None: the variant's (docstring)
     tsc: Literal["log", "transformed-l1"] = "log"
@@ -157,9 +157,6 @@ class TSCNCConfig(MethodConfig):
     finetune_epochs: float = 100.0  # survives the budget scaling
     lr: float | None = None  # None: the suite's finetune_lr (harness), the paper's 0.01 (paper)
     score_lr: float = 0.1  # prune="scores" only: HYDRA's score learning rate
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int | None = None  # None: the suite's
 
 
 @register_method
@@ -233,12 +230,9 @@ class TSCNC(Method):
 
     def _fit(self, model: nn.Module, ctx, **kwargs) -> None:
         cfg = self.config
-        ctx.fit(
+        ctx.fit_sgd(
             model,
-            optimizer="sgd",
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
+            cfg,
             loss="adv",
             **kwargs,
         )
