@@ -27,6 +27,7 @@ from rbench.errors import RbenchError
 from rbench.evaluate import wilson_interval
 from rbench.records import validate_record
 from rbench.store import atomic_write_json, atomic_write_text, content_hash
+from rbench.suites import get_suite
 
 ENTRIES = Path("leaderboard/entries")
 MAX_RECORD_BYTES = 16 << 20  # far above any real record (ResNet-18 diagnostics: 60 kB of JSON)
@@ -92,6 +93,17 @@ def _variant(method: dict) -> str:
     return ", ".join([str(method["variant"])] + [f"{k}={options[k]}" for k in sorted(options)])
 
 
+COLLAPSE = 1.5  # clean accuracy below this multiple of chance: the model no longer classifies
+
+
+def _classes(suite: str) -> int | None:
+    """Classes of a registered suite (None for a suite this installation does not know)."""
+    try:
+        return get_suite(suite).data.num_classes
+    except RbenchError:
+        return None
+
+
 def record_row(r: dict) -> dict:
     """The flat row one record contributes (before seeds are aggregated)."""
     m, summary = r["metrics"], (r.get("diagnostics") or {}).get("summary") or {}
@@ -128,6 +140,8 @@ def record_row(r: dict) -> dict:
         "compute_used": used,
         "unreliable": bool(r["unreliable"]),
         "over_budget": used > budget * (1 + 1e-6),
+        "collapsed": (classes := _classes(r["suite"]["name"])) is not None
+        and m["clean"]["accuracy"] < COLLAPSE / classes,
         "flags": ",".join(sorted(r["flags"])),
     }
 
@@ -149,6 +163,8 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
             values = g[k].dropna()
             row[k] = values.mean() if len(values) else None
             row[f"{k}_std"] = values.std() if len(values) > 1 else None
+        # one collapsed seed makes a wide std; the plots show the worst and best seed instead
+        row["autoattack_min"], row["autoattack_max"] = g["autoattack"].min(), g["autoattack"].max()
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"]))
         row["n_seeds"] = len(g)
         if len(g) == 1:
@@ -160,6 +176,7 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
             bool(g["unreliable"].any()),
             bool(g["over_budget"].any()),
         )
+        row["collapsed_seeds"] = int(g["collapsed"].sum())
         row["flags"] = ",".join(sorted({f for fs in g["flags"] for f in fs.split(",") if f}))
         out.append(row)
     table = pd.DataFrame(out).sort_values(
@@ -199,6 +216,12 @@ def _cell_flags(row) -> str:
     words = (["**unreliable**"] if row["unreliable"] else []) + (
         ["**over budget**"] if row["over_budget"] else []
     )
+    if row["collapsed_seeds"]:
+        words.append(
+            "**collapsed**"
+            if row["n_seeds"] == 1
+            else f"**collapsed** ({row['collapsed_seeds']} of {row['n_seeds']} seeds)"
+        )
     shown = [f for f in row["flags"].split(",") if f and f not in {"unreliable"}]
     return ", ".join(words + [_md(f) for f in shown])
 
@@ -219,6 +242,7 @@ def markdown_rows(table: pd.DataFrame) -> list[dict]:
                 "PGD %": _pm(r["pgd"], r["pgd_std"]),
                 "AutoAttack %": _pm(r["autoattack"], r["autoattack_std"]),
                 "AA 95% CI": f"[{r['aa_ci_low']:.1f}, {r['aa_ci_high']:.1f}]",
+                "AA worst seed %": f"{r['autoattack_min']:.1f}" if r["n_seeds"] > 1 else "",
                 "seeds": r["n_seeds"],
                 "κ geo-mean": _pm(r["cond_geomean"], None, ".3g"),
                 "κ max": kappa_max,
@@ -227,6 +251,9 @@ def markdown_rows(table: pd.DataFrame) -> list[dict]:
                 "flags": _cell_flags(r),
             }
         )
+    if all(r["AA worst seed %"] == "" for r in rows):  # a table of single-seed rows
+        for r in rows:
+            del r["AA worst seed %"]
     return rows
 
 
@@ -257,12 +284,15 @@ LEGEND = (
     "One table per suite, threat model and evaluation protocol: rows of different protocols are "
     "never ranked together. Within each requested compression ratio, rows are ranked by AutoAttack "
     "robust accuracy. Several seeds of one configuration show mean ± std (AA 95% CI: Wilson "
-    "interval, pooled over the seeds' points). κ: condition number of each layer's weight matrix "
+    "interval, pooled over the seeds' points) and the worst seed's AutoAttack accuracy. κ: "
+    "condition number of each layer's weight matrix "
     'over its numerical rank (geometric mean and max over layers; "k singular": k layers are '
     "numerically rank-deficient, their full-spectrum κ infinite). log10 Lip. bound: the product of "
     "layer operator norms, an upper bound of the network's l2 Lipschitz constant. compute: "
     "AT-epochs used / allowed. **unreliable**: a gradient-masking check fired, so the robust "
-    "accuracy is not trusted; **over budget**: more compute than allowed."
+    "accuracy is not trusted; **over budget**: more compute than allowed; **collapsed**: clean "
+    "accuracy below 1.5 x chance: the model no longer classifies (its training diverged or "
+    "never took off), a real result, not a failed measurement."
 )
 
 

@@ -52,6 +52,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Mean over seeds per method and ratio; the whiskers span the worst to the best seed."""
     table = table.assign(label=table.apply(_label, axis=1))
     colours = _colours(table["label"])
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
@@ -60,7 +61,7 @@ def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
         ax.errorbar(
             g["ratio"],
             g["autoattack"],
-            yerr=g["autoattack_std"].fillna(0),
+            yerr=[g["autoattack"] - g["autoattack_min"], g["autoattack_max"] - g["autoattack"]],
             marker="o",
             ms=5,
             capsize=3,
@@ -94,10 +95,11 @@ def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
     ax.minorticks_off()
     ax.set_xlabel("requested compression ratio (N_dense / N_stored)")
-    ax.set_ylabel("AutoAttack robust accuracy (%)")
+    ax.set_ylabel("AutoAttack robust accuracy (%)\nmean over seeds, whiskers: worst to best")
+    ax.set_ylim(0, 101)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
@@ -127,10 +129,11 @@ def clean_vs_robust(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_xlim(x0 - pad_x, min(100.5, x1 + pad_x))
     ax.set_ylim(y0 - pad_y, min(100.5, y1 + pad_y))
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("AutoAttack robust accuracy (%)")
+    ax.set_ylabel("AutoAttack robust accuracy (%)\nmean over seeds, whiskers: worst to best")
+    ax.set_ylim(0, 101)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 

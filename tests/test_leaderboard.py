@@ -161,10 +161,12 @@ def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
     assert magnitude["AutoAttack %"] == "50.0 ± 10.0" and magnitude["seeds"] == "3"
     lo, hi = wilson_interval(150, 300)  # pooled over the three seeds' points
     assert magnitude["AA 95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert magnitude["AA worst seed %"] == "40.0"
     with open(tmp_path / "out" / "leaderboard.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["method"] == "magnitude")
     assert float(row["autoattack"]) == pytest.approx(50.0)
     assert float(row["autoattack_std"]) == pytest.approx(10.0)
+    assert (float(row["autoattack_min"]), float(row["autoattack_max"])) == (40.0, 60.0)
     assert row["seeds"] == "0,1,2"
 
 
@@ -217,6 +219,25 @@ def test_bad_records_are_skipped_with_one_line_each(tmp_path):
     assert "](http" not in text  # record text cannot make links or break out of its cell
     assert len(tables(text)) == 1
     assert "5 record(s) were skipped" in text
+
+
+def test_seeds_at_chance_accuracy_are_marked_collapsed(tmp_path):
+    """digits has 10 classes: clean accuracy below 15% is a collapsed model. A suite this
+    installation does not know has no chance level, so nothing is marked there."""
+    records = [
+        *(
+            make_record("magnitude", 4, seed=s, clean=c, aa=a)
+            for s, c, a in [(0, 90, 50), (1, 9, 8)]
+        ),
+        make_record("hydra", 4, clean=14, aa=10),
+        make_record("cstar", 4, clean=15, aa=10),
+        make_record("radmm", 4, clean=5, aa=5, suite="not-registered"),
+    ]
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    rows = {r["method"]: r for rs in tables(md_path.read_text()).values() for r in rs}
+    assert rows["magnitude"]["flags"] == "**collapsed** (1 of 2 seeds)"
+    assert rows["hydra"]["flags"] == "**collapsed**"
+    assert rows["cstar"]["flags"] == "" and rows["radmm"]["flags"] == ""
 
 
 def test_superseded_seed_keeps_the_newest_and_flags_show(tmp_path):
