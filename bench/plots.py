@@ -129,8 +129,7 @@ def clean_vs_robust(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_xlim(x0 - pad_x, min(100.5, x1 + pad_x))
     ax.set_ylim(y0 - pad_y, min(100.5, y1 + pad_y))
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("AutoAttack robust accuracy (%)\nmean over seeds, whiskers: worst to best")
-    ax.set_ylim(0, 101)
+    ax.set_ylabel("AutoAttack robust accuracy (%), mean over seeds")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -164,7 +163,10 @@ def spectra(entries: list[tuple[str, list[dict]]], path: Path, title: str) -> Pa
         return None
     cols = min(5, len(layers))
     n_rows = math.ceil(len(layers) / cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.3 * cols, 2.5 * n_rows), squeeze=False)
+    labels = {label for label, _ in entries}
+    legend_height = 0.3 * math.ceil(len(labels) / 6) + 0.2
+    height = 2.8 * n_rows + 0.7 + legend_height  # panels, the two-line title, the legend
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.3 * cols, height), squeeze=False)
     colours = _colours([label for label, _ in entries])
     for ax, layer in zip(axes.flat, layers, strict=False):
         rows_here = [next((r for r in rows if r["layer"] == layer), None) for _, rows in entries]
@@ -200,7 +202,6 @@ def spectra(entries: list[tuple[str, list[dict]]], path: Path, title: str) -> Pa
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
-    legend_rows = math.ceil(len(labels) / 6)
     fig.legend(
         handles,
         labels,
@@ -214,7 +215,7 @@ def spectra(entries: list[tuple[str, list[dict]]], path: Path, title: str) -> Pa
         f"values below {FLOOR:g} x the largest drawn at that floor)",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, (0.1 + 0.25 * legend_rows) / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - 0.1 / height))
     return _save(fig, path)
 
 
