@@ -176,7 +176,8 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
             bool(g["unreliable"].any()),
             bool(g["over_budget"].any()),
         )
-        row["collapsed_seeds"] = int(g["collapsed"].sum())
+        for mark in ("unreliable", "over_budget", "collapsed"):
+            row[f"{mark}_seeds"] = int(g[mark].sum())
         row["flags"] = ",".join(sorted({f for fs in g["flags"] for f in fs.split(",") if f}))
         out.append(row)
     table = pd.DataFrame(out).sort_values(
@@ -213,15 +214,15 @@ def _compute(row) -> str:
 
 
 def _cell_flags(row) -> str:
-    words = (["**unreliable**"] if row["unreliable"] else []) + (
-        ["**over budget**"] if row["over_budget"] else []
-    )
-    if row["collapsed_seeds"]:
-        words.append(
-            "**collapsed**"
-            if row["n_seeds"] == 1
-            else f"**collapsed** ({row['collapsed_seeds']} of {row['n_seeds']} seeds)"
-        )
+    """Bold marks first, each with how many of the seeds carry it; then the records' flags."""
+    words = []
+    for mark in ("unreliable", "over_budget", "collapsed"):
+        count = row[f"{mark}_seeds"]
+        if count:
+            word = f"**{mark.replace('_', ' ')}**"
+            words.append(
+                word if row["n_seeds"] == 1 else f"{word} ({count} of {row['n_seeds']} seeds)"
+            )
     shown = [f for f in row["flags"].split(",") if f and f not in {"unreliable"}]
     return ", ".join(words + [_md(f) for f in shown])
 

@@ -223,19 +223,20 @@ def test_bad_records_are_skipped_with_one_line_each(tmp_path):
 
 def test_seeds_at_chance_accuracy_are_marked_collapsed(tmp_path):
     """digits has 10 classes: clean accuracy below 15% is a collapsed model. A suite this
-    installation does not know has no chance level, so nothing is marked there."""
+    installation does not know has no chance level, so nothing is marked there. Marks say how
+    many of a row's seeds carry them."""
     records = [
-        *(
-            make_record("magnitude", 4, seed=s, clean=c, aa=a)
-            for s, c, a in [(0, 90, 50), (1, 9, 8)]
-        ),
+        make_record("magnitude", 4, seed=0, clean=90, aa=50),
+        make_record("magnitude", 4, seed=1, clean=9, aa=8, flags={"robust_above_clean": "x"}),
         make_record("hydra", 4, clean=14, aa=10),
         make_record("cstar", 4, clean=15, aa=10),
         make_record("radmm", 4, clean=5, aa=5, suite="not-registered"),
     ]
     md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
     rows = {r["method"]: r for rs in tables(md_path.read_text()).values() for r in rs}
-    assert rows["magnitude"]["flags"] == "**collapsed** (1 of 2 seeds)"
+    assert rows["magnitude"]["flags"] == (
+        "**unreliable** (1 of 2 seeds), **collapsed** (1 of 2 seeds), robust_above_clean"
+    )
     assert rows["hydra"]["flags"] == "**collapsed**"
     assert rows["cstar"]["flags"] == "" and rows["radmm"]["flags"] == ""
 
