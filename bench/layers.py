@@ -168,8 +168,9 @@ def structure_of(model: nn.Module) -> dict[str, dict]:
 def rebuild(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
     """Replace the modules at the structure's paths by empty factorised layers of the recorded
     shapes, so that a saved state dict loads into the result."""
-    with contextlib.suppress(ImportError):
-        import rbench.factorised  # noqa: F401  (registers the shipped layer types)
+    with contextlib.suppress(ImportError):  # register the shipped layer types
+        import rbench.factorised  # noqa: F401
+        import rbench.structured  # noqa: F401
     for path, spec in sorted(structure.items(), key=lambda kv: kv[0].count(".")):
         spec = dict(spec)
         kind = spec.pop("type", None)

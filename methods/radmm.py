@@ -9,7 +9,9 @@ Algorithm (methods.md 6.2), starting from the suite's PGD-AT dense model (the pa
    `admm_epoch` epochs rho_l *= 1.3, Z_l = Proj_l(W_l + U_l), U_l += W_l - Z_l (Z_0 = Proj(W),
    U_0 = 0); the learning rate restarts at each update and drops x0.1 every third of a period;
 3. hard prune: mask_l = support of Proj_l(W_l);
-4. masked PGD-AT retraining (gradients masked, pruned weights re-zeroed after every step).
+4. masked PGD-AT retraining (gradients masked, pruned weights re-zeroed after every step);
+5. `structure="filter"` only: the pruned filters leave the model (`rbench.structured.KeptFilters`
+   stores and computes only the kept ones), so the MACs count falls with them.
 The ADMM state is the shared, projection-generic `rbench.admm.ADMM` (CSTAR uses it too).
 
 Defaults are the authors' code (verified, config.yaml.example / admm.py / adv_main.py): rho 1e-3,
@@ -86,6 +88,7 @@ from rbench.budget import Budget, compressible_layers
 from rbench.errors import RbenchError
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
 from rbench.registry import Method, SGDConfig, register_method
+from rbench.structured import drop_pruned_filters
 from rbench.train import StepHooks
 
 
@@ -203,6 +206,8 @@ class RADMM(Method):
         residual = admm.primal_residual(model)
         masks = self.hard_prune(model, counts)
         self.retrain(model, ctx)
+        if cfg.structure == "filter":  # step 5: the pruned filters leave storage and compute
+            ctx.report["dropped_filters"] = drop_pruned_filters(model)
         ctx.report.update(
             {
                 "admm_updates": admm.updates,

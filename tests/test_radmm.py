@@ -21,6 +21,7 @@ from rbench.methods.radmm import (
     irregular_mask,
     projection,
 )
+from rbench.structured import KeptFilters
 
 
 def _rows(mask: torch.Tensor) -> tuple[int, int, int]:
@@ -83,17 +84,18 @@ def test_filter_variant_compress_removes_whole_filters_at_exact_ratio(
     ctx = make_ctx(ratio=ratio, epochs=1.0)
     method = RADMM(RADMMConfig(structure="filter"))
     model = finalize(method.compress(trained_digits_model, ctx.budget, ctx))
-    layers = compressible_layers(model)
-    classifier = list(layers)[-1]
-    for path, module in layers.items():
-        if path == classifier:
-            continue
-        whole, empty, partial = _rows(module.weight != 0)
-        assert partial <= 1 and empty > 0, f"{path}: filters not removed whole"
-        assert whole + empty + partial == module.weight.shape[0]
+    *hidden, classifier = compressible_layers(dense)
+    for path in hidden:  # the pruned filters are gone: only whole filters and one partial remain
+        module = model.get_submodule(path)
+        assert isinstance(module, KeptFilters), f"{path}: filters not dropped"
+        whole, empty, partial = _rows(module.layer.weight != 0)
+        assert partial <= 1 and empty == 0
+        assert whole + partial == len(module.kept) < module.width
+        assert ctx.report["dropped_filters"][path] == module.width - len(module.kept)
     report = measure_compression(dense, model, (1, 8, 8))
     verify_ratio(report, ratio, "radmm")
     assert report["n_stored"] == math.floor(report["n_dense"] / ratio)
+    assert report["macs_ratio"] > 2
     assert 0.9 <= ctx.meter.used_epochs <= 1.05
     assert ctx.report["admm_updates"] == 9
 
