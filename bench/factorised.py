@@ -22,14 +22,16 @@ import torch
 from torch import nn
 
 from rbench.errors import RbenchError
-from rbench.layers import register_layer, set_module
+from rbench.layers import SpecLayer, register_layer, set_module
 
 # ------------------------------------------------------------------------------ layers
 
 
-def _conv_settings(conv: nn.Conv2d) -> dict:
+def conv_settings(conv: nn.Conv2d) -> dict:
     if conv.groups != 1:
-        raise RbenchError("grouped or depthwise convolutions cannot be factorised; keep them dense")
+        raise RbenchError(
+            "grouped or depthwise convolutions cannot be factorised or filter-pruned; keep them dense"
+        )
     padding = conv.padding if isinstance(conv.padding, str) else list(conv.padding)
     return {
         "in_channels": conv.in_channels,
@@ -43,7 +45,7 @@ def _conv_settings(conv: nn.Conv2d) -> dict:
     }
 
 
-def _spatial(s: dict) -> dict:
+def spatial_settings(s: dict) -> dict:
     padding = s["padding"] if isinstance(s["padding"], str) else tuple(s["padding"])
     return {
         "kernel_size": tuple(s["kernel_size"]),
@@ -54,30 +56,15 @@ def _spatial(s: dict) -> dict:
     }
 
 
-class _Factorised(nn.Module):
-    """Shared plumbing: the spec is the constructor's keyword arguments, kept JSON-able."""
-
-    def __init__(self, spec: dict) -> None:
-        super().__init__()
-        self._spec = spec
-
-    def spec(self) -> dict:
-        return dict(self._spec)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> nn.Module:
-        return cls(**spec)
-
-
 @register_layer
-class Tucker2Conv(_Factorised):
+class Tucker2Conv(SpecLayer):
     """W ~= G x_1 U1 x_2 U2 run as 1x1 -> k x k -> 1x1 convolutions."""
 
     def __init__(self, ranks: list[int], **conv: object) -> None:
         super().__init__({"ranks": list(ranks), **conv})
         r1, r2 = ranks
         self.first = nn.Conv2d(conv["in_channels"], r2, 1, bias=False)
-        self.core = nn.Conv2d(r2, r1, bias=False, **_spatial(conv))
+        self.core = nn.Conv2d(r2, r1, bias=False, **spatial_settings(conv))
         self.last = nn.Conv2d(r1, conv["out_channels"], 1, bias=conv["bias"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +73,7 @@ class Tucker2Conv(_Factorised):
     @classmethod
     @torch.no_grad()
     def from_conv(cls, conv: nn.Conv2d, ranks: tuple[int, int], sweeps: int = 0) -> Tucker2Conv:
-        layer = cls(list(ranks), **_conv_settings(conv)).to(conv.weight.device)
+        layer = cls(list(ranks), **conv_settings(conv)).to(conv.weight.device)
         core, u1, u2 = tucker2(conv.weight, ranks, sweeps)
         layer.first.weight.copy_(u2.T[:, :, None, None])
         layer.core.weight.copy_(core)
@@ -101,12 +88,12 @@ class Tucker2Conv(_Factorised):
 
 
 @register_layer
-class USVConv(_Factorised):
+class USVConv(SpecLayer):
     """W = U S V^T on the conv matrix (O x I*k*k): r filters V^T, then 1x1 convs S and U."""
 
     def __init__(self, rank: int, **conv: object) -> None:
         super().__init__({"rank": rank, **conv})
-        self.v = nn.Conv2d(conv["in_channels"], rank, bias=False, **_spatial(conv))
+        self.v = nn.Conv2d(conv["in_channels"], rank, bias=False, **spatial_settings(conv))
         self.s = nn.Conv2d(rank, rank, 1, bias=False)
         self.u = nn.Conv2d(rank, conv["out_channels"], 1, bias=conv["bias"])
 
@@ -119,7 +106,7 @@ class USVConv(_Factorised):
 
 
 @register_layer
-class USVLinear(_Factorised):
+class USVLinear(SpecLayer):
     """W = U S V^T as three linear layers (V^T, S, U with the bias)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
@@ -138,7 +125,7 @@ class USVLinear(_Factorised):
 
 
 @register_layer
-class LowRankLinear(_Factorised):
+class LowRankLinear(SpecLayer):
     """W = A B^T as two linear layers (B^T, then A with the bias)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
@@ -183,7 +170,7 @@ def usv_layer(
         layer.s.weight.copy_(s)
         layer.u.weight.copy_(u)
     else:
-        layer = USVConv(rank, **{**_conv_settings(module), "bias": has_bias})
+        layer = USVConv(rank, **{**conv_settings(module), "bias": has_bias})
         layer.v.weight.copy_(v.T.reshape(rank, *module.weight.shape[1:]))
         layer.s.weight.copy_(s[:, :, None, None])
         layer.u.weight.copy_(u[:, :, None, None])
@@ -277,7 +264,7 @@ def factorise(
         elif project:
             layer = Tucker2Conv.from_conv(module, (r[0], r[-1]), sweeps)
         else:
-            layer = Tucker2Conv([r[0], r[-1]], **_conv_settings(module))
+            layer = Tucker2Conv([r[0], r[-1]], **conv_settings(module))
         set_module(model, path, layer.to(module.weight.device))
     return model
 

@@ -149,15 +149,33 @@ def magnitude_masks(
 LAYER_TYPES: dict[str, type[nn.Module]] = {}
 
 
+class SpecLayer(nn.Module):
+    """Base of registered layers whose spec is their constructor's keyword arguments (JSON-able),
+    so `from_spec(spec())` builds an empty layer of the same shapes."""
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        self._spec = spec
+
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> nn.Module:
+        return cls(**spec)
+
+
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
-    """Register a factorised layer type. It must offer `spec() -> dict` (JSON-able: shapes, ranks,
-    conv settings) and `from_spec(spec) -> module` (a classmethod building it with empty weights)."""
+    """Register a layer type that replaces a Conv2d/Linear (factorised, or with filters dropped).
+    It must offer `spec() -> dict` (JSON-able: shapes, ranks, conv settings) and
+    `from_spec(spec) -> module` (a classmethod building it with empty weights); `SpecLayer` gives
+    both."""
     LAYER_TYPES[cls.__name__] = cls
     return cls
 
 
 def structure_of(model: nn.Module) -> dict[str, dict]:
-    """{module path: {"type": ..., **spec}} for every registered factorised layer in the model."""
+    """{module path: {"type": ..., **spec}} for every registered layer in the model."""
     return {
         path: {"type": type(m).__name__, **m.spec()}
         for path, m in model.named_modules()
@@ -166,7 +184,7 @@ def structure_of(model: nn.Module) -> dict[str, dict]:
 
 
 def rebuild(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
-    """Replace the modules at the structure's paths by empty factorised layers of the recorded
+    """Replace the modules at the structure's paths by empty registered layers of the recorded
     shapes, so that a saved state dict loads into the result."""
     with contextlib.suppress(ImportError):  # register the shipped layer types
         import rbench.factorised  # noqa: F401

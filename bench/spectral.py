@@ -178,7 +178,7 @@ def _owners(model: nn.Module) -> dict[str, nn.Module]:
     return owners
 
 
-def _bias_free(m: nn.Module, weight: torch.Tensor, groups: int | None = None) -> nn.Module:
+def bias_free_layer(m: nn.Module, weight: torch.Tensor, groups: int | None = None) -> nn.Module:
     """A bias-free layer with `m`'s geometry carrying `weight`."""
     if isinstance(m, nn.Linear):
         op = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -196,7 +196,7 @@ def _compose_chain(owner: nn.Module) -> nn.Module | None:
     layers = [m for m in owner.modules() if m is not owner and isinstance(m, COMPRESSIBLE)]
     weights = [effective_weight(m).detach() for m in layers]
     if layers and all(isinstance(m, nn.Linear) for m in layers):
-        return _bias_free(layers[0], functools.reduce(lambda acc, w: w @ acc, weights))
+        return bias_free_layer(layers[0], functools.reduce(lambda acc, w: w @ acc, weights))
     if not layers or not all(isinstance(m, nn.Conv2d) for m in layers):
         return None
 
@@ -212,20 +212,20 @@ def _compose_chain(owner: nn.Module) -> nn.Module | None:
     eye = functools.partial(torch.eye, dtype=kernel.dtype, device=kernel.device)
     pre = functools.reduce(lambda acc, w: w @ acc, mats[:i], eye(layers[0].in_channels))
     post = functools.reduce(lambda acc, w: w @ acc, mats[i + 1 :], eye(kernel.shape[0]))
-    return _bias_free(layers[i], torch.einsum("op,pqhw,qc->ochw", post, kernel, pre), groups=1)
+    return bias_free_layer(layers[i], torch.einsum("op,pqhw,qc->ochw", post, kernel, pre), groups=1)
 
 
 def _equivalent(owner: nn.Module, x: torch.Tensor | None) -> nn.Module | None:
     """A bias-free Conv2d/Linear computing the owner's linear map, checked on a random input."""
     if isinstance(owner, COMPRESSIBLE):
-        return _bias_free(owner, effective_weight(owner))
+        return bias_free_layer(owner, effective_weight(owner))
 
     def probe() -> nn.Module | None:  # a linear-like layer: the images of the basis vectors
         if x is None or x.dim() != 2:
             return None
         eye = torch.eye(x.shape[1], device=x.device, dtype=x.dtype)
         w = (owner(eye) - owner(torch.zeros_like(eye))).T
-        return _bias_free(nn.Linear(1, 1), w)
+        return bias_free_layer(nn.Linear(1, 1), w)
 
     makers = [owner.as_dense] if callable(getattr(owner, "as_dense", None)) else []
     for make in [*makers, lambda: _compose_chain(owner), probe]:

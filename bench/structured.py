@@ -16,33 +16,26 @@ import torch
 from torch import nn
 
 from rbench.budget import compressible_layers
-from rbench.factorised import _conv_settings, _spatial
-from rbench.layers import finalize, register_layer, set_module
+from rbench.factorised import conv_settings, spatial_settings
+from rbench.layers import SpecLayer, finalize, register_layer, set_module
+from rbench.spectral import bias_free_layer
 
 
 @register_layer
-class KeptFilters(nn.Module):
+class KeptFilters(SpecLayer):
     """The kept filters of a Conv2d (`conv` settings) or Linear (`in_features`, `out_features`)."""
 
     def __init__(self, kept: list[int], bias: bool = True, **layer: object) -> None:
-        super().__init__()
-        self._spec = {"kept": list(kept), "bias": bias, **layer}
-        self.is_conv = "in_channels" in layer
-        if self.is_conv:
+        super().__init__({"kept": list(kept), "bias": bias, **layer})
+        if "in_channels" in layer:
             self.width = int(layer["out_channels"])
-            self.layer = nn.Conv2d(layer["in_channels"], len(kept), bias=False, **_spatial(layer))
+            conv = spatial_settings(layer)
+            self.layer = nn.Conv2d(layer["in_channels"], len(kept), bias=False, **conv)
         else:
             self.width = int(layer["out_features"])
             self.layer = nn.Linear(int(layer["in_features"]), len(kept), bias=False)
         self.register_buffer("kept", torch.tensor(kept, dtype=torch.long))
         self.register_parameter("bias", nn.Parameter(torch.zeros(self.width)) if bias else None)
-
-    def spec(self) -> dict:
-        return dict(self._spec)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> KeptFilters:
-        return cls(**spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer(x)
@@ -59,20 +52,13 @@ class KeptFilters(nn.Module):
     @torch.no_grad()
     def as_dense(self) -> nn.Module:
         """A bias-free layer of the original shape computing the same linear map (diagnostics)."""
-        weight = self.dense_weight().detach()
-        if self.is_conv:
-            settings = {k: v for k, v in self._spec.items() if k not in ("kept", "bias")}
-            op = nn.Conv2d(weight.shape[1], self.width, bias=False, **_spatial(settings))
-        else:
-            op = nn.Linear(weight.shape[1], self.width, bias=False)
-        op.weight = nn.Parameter(weight.clone(), requires_grad=False)
-        return op.to(weight.device)
+        return bias_free_layer(self.layer, self.dense_weight())
 
     @classmethod
     @torch.no_grad()
     def from_layer(cls, module: nn.Conv2d | nn.Linear, kept: list[int]) -> KeptFilters:
         if isinstance(module, nn.Conv2d):
-            settings = _conv_settings(module)
+            settings = conv_settings(module)
         else:
             settings = {"in_features": module.in_features, "out_features": module.out_features}
         settings["bias"] = module.bias is not None
@@ -89,6 +75,8 @@ def drop_pruned_filters(model: nn.Module) -> dict[str, int]:
     finalize(model)
     dropped = {}
     for path, module in compressible_layers(model).items():
+        if getattr(module, "groups", 1) != 1:
+            continue  # a grouped conv's filters cannot be dropped one by one: stays masked
         alive = module.weight.detach().flatten(1).ne(0).any(1)
         if bool(alive.all()) or not bool(alive.any()):
             continue  # nothing to drop, or nothing to keep (left for the ratio count to judge)
