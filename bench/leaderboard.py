@@ -93,6 +93,7 @@ def _variant(method: dict) -> str:
     return ", ".join([str(method["variant"])] + [f"{k}={options[k]}" for k in sorted(options)])
 
 
+MARKS = ("unreliable", "over_budget", "collapsed")  # shown in bold, with their seed counts
 COLLAPSE = 1.5  # clean accuracy below this multiple of chance: the model no longer classifies
 
 
@@ -172,12 +173,9 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
         else:  # the Wilson interval of all points of all seeds
             lo, hi = wilson_interval(int(g["aa_correct"].sum()), int(g["aa_n"].sum()))
             row["aa_ci_low"], row["aa_ci_high"] = 100 * lo, 100 * hi
-        row["unreliable"], row["over_budget"] = (
-            bool(g["unreliable"].any()),
-            bool(g["over_budget"].any()),
-        )
-        for mark in ("unreliable", "over_budget", "collapsed"):
+        for mark in MARKS:  # how many seeds carry it; the row carries it if any seed does
             row[f"{mark}_seeds"] = int(g[mark].sum())
+            row[mark] = row[f"{mark}_seeds"] > 0
         row["flags"] = ",".join(sorted({f for fs in g["flags"] for f in fs.split(",") if f}))
         out.append(row)
     table = pd.DataFrame(out).sort_values(
@@ -216,7 +214,7 @@ def _compute(row) -> str:
 def _cell_flags(row) -> str:
     """Bold marks first, each with how many of the seeds carry it; then the records' flags."""
     words = []
-    for mark in ("unreliable", "over_budget", "collapsed"):
+    for mark in MARKS:
         count = row[f"{mark}_seeds"]
         if count:
             word = f"**{mark.replace('_', ' ')}**"
