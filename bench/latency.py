@@ -24,7 +24,8 @@ from rbench.models import build_model
 from rbench.ranks import plan_global
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so that a timer reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -44,10 +45,10 @@ def measure_latency(
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.zeros(batch_size, *input_shape, device=device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     model(x)  # warm-up: allocator, kernel selection
-    _sync(device)
+    synchronize(device)
     first = time.perf_counter() - start
     if repeats is None:
         repeats = int(min(50, max(3, budget_s / max(first, 1e-6))))
@@ -55,7 +56,7 @@ def measure_latency(
     for _ in range(repeats):
         start = time.perf_counter()
         model(x)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return {
         "ms": 1e3 * statistics.median(times),
@@ -97,10 +98,10 @@ def latency_table(
                 model.to(device).eval()(x)  # warm-up
             for _ in range(repeats):
                 for name, model in models.items():
-                    _sync(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     model(x)
-                    _sync(device)
+                    synchronize(device)
                     times[name].append(time.perf_counter() - start)
             dense_ms = 1e3 * statistics.median(times["dense"])
             for name, t in times.items():

@@ -35,6 +35,7 @@ from torch import nn
 from rbench.attacks import PGD
 from rbench.budget import ComputeMeter
 from rbench.data import BatchLoader, Split
+from rbench.latency import synchronize
 from rbench.models import build_model
 from rbench.records import environment
 from rbench.store import atomic_write_json
@@ -60,16 +61,11 @@ def synthetic_split(n: int, seed: int) -> Split:
     return Split(x, y, torch.arange(n))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, label: str | None = None) -> tuple[float, object]:
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     if label is not None:
         print(f"  {label}: {seconds:.2f} s", file=sys.stderr, flush=True)
@@ -265,13 +261,13 @@ def main(argv=None) -> dict:
         lambda: rbench_epoch(model, resident, device, steps, **settings), device, "rbench epoch"
     )
 
-    rows = {"rbench": rbench_s}
+    rbench_fp32_s = None
     if (precision, channels_last) != ("fp32", "off"):  # the same trainer without the GPU settings
         plain = copy.deepcopy(init).to(device)
         fp32 = {"precision": "fp32", "channels_last": "off", "compile": False}
         if args.warmup_batches > 0:
             rbench_epoch(plain, warm, device, steps, **fp32)
-        rows["rbench_fp32"], _ = _timed(
+        rbench_fp32_s, _ = _timed(
             lambda: rbench_epoch(plain, resident, device, steps, **fp32),
             device,
             "rbench fp32 epoch",
@@ -338,7 +334,7 @@ def main(argv=None) -> dict:
             "speedup": speedup,
             "rbench_images_per_s": n / rbench_s,
             "textbook_images_per_s": n / textbook_s,
-            "rbench_fp32_s": rows.get("rbench_fp32"),
+            "rbench_fp32_s": rbench_fp32_s,
             "rbench_stats": rbench_stats,
             "textbook_stats": textbook_stats,
         },

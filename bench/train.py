@@ -51,11 +51,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
-def resolve_channels_last(channels_last: str | bool, device: torch.device | str) -> str:
-    """The channels-last mode: "auto" is "inputs" on CUDA and "off" elsewhere; True means
-    "model", False "off"."""
-    if channels_last is True or channels_last is False:
-        return "model" if channels_last else "off"
+def resolve_channels_last(channels_last: str, device: torch.device | str) -> str:
+    """The channels-last mode: "auto" is "inputs" on CUDA and "off" elsewhere."""
     if channels_last not in CHANNELS_LAST:
         raise RbenchError(
             f"unknown channels_last '{channels_last}' (choose {', '.join(CHANNELS_LAST)})"
@@ -135,8 +132,8 @@ def train_epoch(
     trades_beta: float = 6.0,
     label_smoothing: float = 0.0,
     bar: str | None = None,
-    precision: str = "fp32",
-    channels_last: str | bool = "off",
+    precision: str = "auto",
+    channels_last: str = "auto",
     attack_model: nn.Module | None = None,
     loss_model: nn.Module | None = None,
 ) -> dict[str, float]:
@@ -255,7 +252,7 @@ def fit(
     start_epoch: int = 0,
     progress: Callable[[int, dict], None] | None = None,
     precision: str = "auto",
-    channels_last: str | bool = "auto",
+    channels_last: str = "auto",
     compile: bool = False,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     **epoch_kwargs,

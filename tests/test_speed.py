@@ -68,7 +68,6 @@ def test_auto_settings_are_plain_fp32_on_cpu_and_fast_on_cuda():
     assert resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_channels_last("auto", "cpu") == "off"
     assert resolve_channels_last("auto", "cuda") == "inputs"
-    assert resolve_channels_last(True, "cpu") == "model"
     with pytest.raises(RbenchError, match="unknown precision"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(RbenchError, match="unknown channels_last"):
