@@ -101,8 +101,8 @@ def test_results_dir_not_writable(cli, tmp_path):
         "run", "-m", "magnitude", "-r", "4",
         "--results-dir", str(blocker / "sub"), "--cache-dir", str(tmp_path / "c"),
     )  # fmt: skip
-    assert code == 2
-    assert "cannot write to" in err
+    written = [p.name for p in tmp_path.rglob("*") if p != blocker and p.is_file()]
+    assert_one_line_error(code, err.strip(), written, r"cannot write to")
 
 
 def test_corrupt_safetensors_checkpoint(run_cli, tmp_path):

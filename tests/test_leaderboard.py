@@ -279,9 +279,18 @@ def test_plots_are_written_and_linked(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_option_overrides_are_shown_and_kept_apart():
-    from rbench.leaderboard import _variant
-
-    assert _variant({"variant": "harness", "config_nondefault": {}}) == "harness"
-    shown = _variant({"variant": "harness", "config_nondefault": {"structure": "filter", "a": 1}})
-    assert shown == "harness, a=1, structure=filter"
+def test_option_overrides_are_shown_and_kept_apart(tmp_path):
+    """A record with option overrides is its own row (not a newer seed of the default one) and
+    its variant cell names the overrides."""
+    default = make_record("radmm", 4, aa=60)
+    override = make_record("radmm", 4, aa=10, created="2026-02-01T00:00:00+00:00")
+    override["method"]["config_nondefault"] = {"structure": "filter", "a": 1}
+    md_path, loaded = build(
+        [write(tmp_path / "in", [default, override])], tmp_path / "out", plots=False
+    )
+    (rows,) = tables(md_path.read_text()).values()
+    assert [(r["variant"], r["AutoAttack %"]) for r in rows] == [
+        ("harness", "60.0"),
+        ("harness, a=1, structure=filter", "10.0"),
+    ]
+    assert loaded.skipped == []

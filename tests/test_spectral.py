@@ -271,6 +271,7 @@ def test_cli_diagnoses_a_checkpoint_and_a_record(tmp_path, cli, dense_checkpoint
     code, out, _ = cli(
         "diagnose", "--checkpoint", checkpoint, "--json", "--suite", "digits", "--points", "0"
     )
+    assert code == 0
     diag = json.loads(out)
     record = make_record()
     record["diagnostics"] = diag

@@ -48,7 +48,7 @@ def test_sweep_with_a_failure_and_a_resume(tmp_path):
         moved = replace(base, cache_dir=str(tmp_path / "elsewhere"))
         third = sweep(moved, ["magnitude"], [1, 4], [0, 1], executor="local", say=messages.append)
         assert "4 already done, 0 to run" in messages[0]
-        assert {n: Path(r["record"]) for n, r in third.items()} == {
-            n: p for n, p in {**records, "magnitude-r4-s1": lost}.items() if n in third
-        }
+        everything = {**records, "magnitude-r4-s1": lost}
+        assert set(third) == {f"magnitude-r{r}-s{s}" for r in (1, 4) for s in (0, 1)}
+        assert {n: Path(r["record"]) for n, r in third.items()} == {n: everything[n] for n in third}
         assert not (tmp_path / "elsewhere" / "dense").exists()  # nothing was trained again
