@@ -13,6 +13,7 @@ import torch
 from rbench.registry import Method, MethodConfig, nondefault
 from rbench.store import content_hash, sha256_file
 from rbench.suites import Protocol, Suite
+from rbench.train import resolve_precision
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
 STAGE_VERSIONS = {"dense": 1, "compress": 2, "evaluate": 1}
@@ -42,8 +43,8 @@ def dense_key(suite: Suite, seed: int, device: torch.device, checkpoint: str | N
             "threat": asdict(suite.threat),
             "recipe": asdict(suite.dense),
             "seed": seed,
-            # fit's "auto" precision trains in bf16 on CUDA: not the same model as fp32
-            **({"precision": "bf16"} if device.type == "cuda" else {}),
+            # the dense stage trains at fit's "auto" precision; a non-fp32 one is another model
+            **({"precision": p} if (p := resolve_precision("auto", device)) != "fp32" else {}),
         }
     )
 
