@@ -230,16 +230,22 @@ def _component(name: str) -> str:
     return "_" * max(len(safe), 1) if set(safe) <= {"."} else safe
 
 
+def record_folder(results_dir: Path | str, suite: str, method: str) -> Path:
+    """results/<suite>/<method>, names sanitised."""
+    return Path(results_dir) / _component(suite) / _component(method)
+
+
+def record_stem(variant: str, ratio: float, seed) -> str:
+    """The file name of a record up to its run id: <variant>-r<ratio>-s<seed>-."""
+    return f"{_component(variant)}-r{float(ratio):g}-s{_component(seed)}-"
+
+
 def record_path(results_dir: Path, record: dict) -> Path:
     """results/<suite>/<method>/<variant>-r<ratio>-s<seed>-<run_id>.json (names sanitised, so a
     record can never place itself outside the results directory)."""
-    suite = _component(record["suite"]["name"])
-    method = _component(record["method"]["name"])
-    variant = _component(record["method"]["variant"])
-    ratio = f"{record['budget']['ratio']:g}"
-    seed, run_id = _component(record["seed"]), _component(record["run_id"])
-    name = f"{variant}-r{ratio}-s{seed}-{run_id}.json"
-    path = (Path(results_dir) / suite / method / name).resolve()
+    folder = record_folder(results_dir, record["suite"]["name"], record["method"]["name"])
+    stem = record_stem(record["method"]["variant"], record["budget"]["ratio"], record["seed"])
+    path = (folder / f"{stem}{_component(record['run_id'])}.json").resolve()
     if Path(results_dir).resolve() not in path.parents:
         raise RbenchError(f"record path '{path}' escapes the results directory")
     return path

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rbench.errors import RbenchError
+from rbench.records import record_folder, record_stem
 from rbench.runner import RunConfig, Runner, default_cache_dir
 from rbench.store import atomic_write_json, content_hash
 from rbench.suites import Suite, get_suite, register_suite
@@ -60,8 +61,8 @@ def existing_record(base: RunConfig, job: Job) -> str | None:
     suite = get_suite(base.suite)
     protocol = suite.protocol(base.protocol).name
     epochs = suite.compress_epochs if base.epochs is None else float(base.epochs)
-    folder = Path(base.results_dir) / suite.name / job.method
-    for path in sorted(folder.glob(f"harness-r{job.ratio:g}-s{job.seed}-*.json")):
+    folder = record_folder(base.results_dir, suite.name, job.method)
+    for path in sorted(folder.glob(f"{record_stem('harness', job.ratio, job.seed)}*.json")):
         try:
             r = json.loads(path.read_text(encoding="utf-8"))
             if (
