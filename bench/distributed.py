@@ -164,12 +164,11 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 def train_dense(suite_name: str, data_root: str | None, seed: int, out: str, device: str) -> dict:
     """Adversarially train `suite_name`'s dense model with its recipe over torchrun's processes;
     rank 0 writes the weights to `out` (safetensors). Returns what was done."""
-    from rbench.budget import ComputeMeter
     from rbench.data import load_data
     from rbench.models import build_model
     from rbench.store import save_tensors
     from rbench.suites import get_suite
-    from rbench.train import fit_recipe, make_optimizer
+    from rbench.train import fit_recipe, recipe_parts
 
     info = init_from_env(device)
     suite = get_suite(suite_name)
@@ -188,11 +187,7 @@ def train_dense(suite_name: str, data_root: str | None, seed: int, out: str, dev
         )
         torch.manual_seed(seed)
         model = build_model(suite.arch, d.input_shape, d.num_classes, d.mean, d.std).to(info.device)
-        attack = recipe.attack.pgd(suite.threat)
-        meter = ComputeMeter(loader.num_samples, attack.steps)
-        optimizer = make_optimizer(
-            model.parameters(), recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
-        )
+        attack, meter, optimizer = recipe_parts(model, recipe, suite.threat, loader.num_samples)
         say(
             f"dense model of {suite.name}: {recipe.epochs} epochs of PGD-{attack.steps} AT on "
             f"{info.world_size} process(es), {loader.batch_size} images per process and step"

@@ -44,7 +44,7 @@ from rbench.records import build_record, record_path, validate_record, write_rec
 from rbench.registry import get_method, make_config
 from rbench.store import CorruptArtifact, Store, content_hash
 from rbench.suites import Suite, get_suite
-from rbench.train import fit_recipe
+from rbench.train import fit_recipe, recipe_parts
 
 
 class ShardDone(Exception):
@@ -183,13 +183,7 @@ class Runner:
         loader = BatchLoader(
             data.train, recipe.batch_size, shuffle=True, seed=self.cfg.seed, augment=recipe.augment
         )
-        attack = recipe.attack.pgd(s.threat)
-        meter = ComputeMeter(len(data.train), attack.steps)
-        from rbench.train import make_optimizer
-
-        optimizer = make_optimizer(
-            model.parameters(), recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
-        )
+        attack, meter, optimizer = recipe_parts(model, recipe, s.threat, len(data.train))
         partial = f"{key}-partial"
         start = 0
         if self.store.has("dense", partial):

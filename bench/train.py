@@ -328,6 +328,18 @@ def fit(
     return optimizer
 
 
+def recipe_parts(
+    model: nn.Module, recipe, threat, n_samples: int
+) -> tuple[PGD, ComputeMeter, torch.optim.Optimizer]:
+    """The training attack, compute meter and optimiser of a suite's dense `recipe` for `model`
+    trained on `n_samples` examples (per process)."""
+    attack = recipe.attack.pgd(threat)
+    optimizer = make_optimizer(
+        model.parameters(), recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
+    )
+    return attack, ComputeMeter(n_samples, attack.steps), optimizer
+
+
 def fit_recipe(
     model: nn.Module,
     loader,
