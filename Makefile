@@ -32,7 +32,7 @@ format:
 # The full configuration (ResNet-18, 50k images, PGD-10) where CUDA is present, a small one on a
 # CPU; the output says which. Pass sizes through BENCH_ARGS, e.g. BENCH_ARGS="--n-train 5000".
 bench:  ## rbench's PGD-AT epoch and AutoAttack path against plain PyTorch (docs/performance.md)
-	$(BIN)/python -m rbench.speed $(BENCH_ARGS)
+	$(BIN)/python -m rbench.perf.speed $(BENCH_ARGS)
 
 leaderboard:  ## regenerate leaderboard/LEADERBOARD.md, CSV, JSON and plots from leaderboard/entries
 	$(BIN)/rbench leaderboard

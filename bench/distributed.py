@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rbench.data import BatchLoader, Split, crop_flip
-from rbench.errors import RbenchError
+from rbench.core.errors import RbenchError
+from rbench.data.splits import BatchLoader, Split, crop_flip
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class DistInfo:
 
 def init_from_env(device: str = "auto") -> DistInfo:
     """Join torchrun's process group when WORLD_SIZE > 1; otherwise a world of one."""
-    from rbench.config import resolve_device
+    from rbench.core.config import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -164,11 +164,11 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 def train_dense(suite_name: str, data_root: str | None, seed: int, out: str, device: str) -> dict:
     """Adversarially train `suite_name`'s dense model with its recipe over torchrun's processes;
     rank 0 writes the weights to `out` (safetensors). Returns what was done."""
-    from rbench.data import load_data
-    from rbench.models import build_model
-    from rbench.store import save_tensors
-    from rbench.suites import get_suite
-    from rbench.train import fit_recipe, recipe_parts
+    from rbench.core.suites import get_suite
+    from rbench.data.datasets import load_data
+    from rbench.data.models import build_model
+    from rbench.store.cache import save_tensors
+    from rbench.train.trainer import fit_recipe, recipe_parts
 
     info = init_from_env(device)
     suite = get_suite(suite_name)

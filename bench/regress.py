@@ -44,12 +44,14 @@ from statistics import NormalDist
 
 import torch
 
-from rbench.errors import RbenchError
-from rbench.evaluate import wilson_interval
-from rbench.registry import Method, get_method, load_methods
-from rbench.runner import RunConfig, Runner, default_cache_dir
-from rbench.store import Store, atomic_write_json
-from rbench.suites import get_suite
+from rbench.core.config import RunConfig, default_cache_dir
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method
+from rbench.core.suites import get_suite
+from rbench.evaluate.accuracy import wilson_interval
+from rbench.methods import get_method, load_methods
+from rbench.runner import Runner
+from rbench.store.cache import Store, atomic_write_json
 
 BASELINE_SCHEMA = "rbench.baseline/1"
 DEFAULT_BASELINE = Path("leaderboard") / "baseline.json"

@@ -14,10 +14,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rbench import evaluate as ev
-from rbench import stage_keys as keys
-from rbench.budget import Budget, ComputeMeter, measure_compression, verify_ratio
-from rbench.checkpoint import (
+from rbench.core.budget import Budget, ComputeMeter, measure_compression, verify_ratio
+from rbench.core.config import (
+    RunConfig,
+    Stages,
+    check_ratio,
+    check_writable,
+    default_cache_dir,
+    resolve_device,
+)
+from rbench.core.errors import RbenchError
+from rbench.core.registry import make_config
+from rbench.core.suites import Suite, get_suite
+from rbench.data.datasets import load_data
+from rbench.data.models import build_model
+from rbench.data.splits import BatchLoader, DataSplits
+from rbench.evaluate import accuracy as ev
+from rbench.layers import finalize, rebuild, structure_of
+from rbench.methods import get_method
+from rbench.perf.latency import measure_latency
+from rbench.store import stage_keys as keys
+from rbench.store.cache import CorruptArtifact, Store, content_hash
+from rbench.store.checkpoint import (
     load_model_tensors,
     load_state,
     model_tensors,
@@ -26,25 +44,9 @@ from rbench.checkpoint import (
     restore_optimizer,
     strip_model_prefix,
 )
-from rbench.config import (  # noqa: F401  (re-exported: the runner's public interface)
-    RunConfig,
-    Stages,
-    check_ratio,
-    check_writable,
-    default_cache_dir,
-    resolve_device,
-)
-from rbench.context import Context
-from rbench.data import BatchLoader, DataSplits, load_data
-from rbench.errors import RbenchError
-from rbench.latency import measure_latency
-from rbench.layers import finalize, rebuild, structure_of
-from rbench.models import build_model
-from rbench.records import build_record, record_path, validate_record, write_record
-from rbench.registry import get_method, make_config
-from rbench.store import CorruptArtifact, Store, content_hash
-from rbench.suites import Suite, get_suite
-from rbench.train import fit_recipe, recipe_parts
+from rbench.store.records import build_record, record_path, validate_record, write_record
+from rbench.train.context import Context
+from rbench.train.trainer import fit_recipe, recipe_parts
 
 
 class ShardDone(Exception):
@@ -334,12 +336,8 @@ class Runner:
 
     def evaluate(self, model: nn.Module, data: DataSplits) -> tuple[dict, dict]:
         self.stages.keys["evaluate"] = self.evaluate_key()
-        threat, protocol, device, seed = (
-            self.suite.threat,
-            self.protocol,
-            self.device,
-            self.cfg.seed,
-        )
+        threat, protocol = self.suite.threat, self.protocol
+        device, seed = self.device, self.cfg.seed
         points = data.test.head(protocol.n_eval)
         clean, _ = self._cached_attack(
             "clean", lambda: (ev.clean_correct(model, data.test, device), {})
@@ -348,14 +346,13 @@ class Runner:
             "pgd", lambda: (ev.pgd_correct(model, points, threat, protocol.pgd, device, seed), {})
         )
         aa, aa_flags = self._autoattack(model, points)
+        metrics_native = {}
         if self.method_cls.native_metrics:
-            from rbench.native import native_metrics
+            from rbench.evaluate.native import native_metrics
 
             metrics_native = native_metrics(
                 model, points, self.method_cls.native_metrics, threat, device, seed
             )
-        else:
-            metrics_native = {}
         sweep = ev.eps_monotonicity(model, points.head(100), threat, device, seed)
         clean_points = clean[: len(points)].float().mean().item()
         flags = {
@@ -389,7 +386,7 @@ class Runner:
     def diagnose(self, model: nn.Module, data: DataSplits | None = None) -> dict:
         """Spectral diagnostics; the local Lipschitz estimate uses the first 100 of the points
         the robust accuracy is measured on."""
-        from rbench.spectral import diagnose
+        from rbench.evaluate.spectral import diagnose
 
         x = None
         if data is not None:

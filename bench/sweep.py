@@ -11,11 +11,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from rbench.errors import RbenchError
-from rbench.records import record_folder, record_stem
-from rbench.runner import RunConfig, Runner, default_cache_dir
-from rbench.store import atomic_write_json, content_hash
-from rbench.suites import Suite, get_suite, register_suite
+from rbench.core.config import RunConfig, default_cache_dir
+from rbench.core.errors import RbenchError
+from rbench.core.suites import Suite, get_suite, register_suite
+from rbench.runner import Runner
+from rbench.store.cache import atomic_write_json, content_hash
+from rbench.store.records import record_folder, record_stem
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,8 @@ def sweep(
 
 def parse_grid(methods: str, ratios: str, seeds: str, suite: str):
     """The CLI's comma-separated lists, checked before anything is submitted."""
-    from rbench.registry import get_method
-    from rbench.runner import check_ratio
+    from rbench.core.config import check_ratio
+    from rbench.methods import get_method
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     for m in method_list:

@@ -34,11 +34,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.train import StepHooks
+from rbench.train.trainer import StepHooks
 
 
 @dataclass

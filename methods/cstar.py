@@ -9,7 +9,7 @@ Algorithm (as implemented):
    channel modes), every 1x1 conv a Tucker-2 conv with r1 = r2, every linear a two-factor
    product. The ranks of the whole network are chosen together so that the model, with the
    layers kept dense counted in full, stores at most floor(N_dense / B) weights
-   (`rbench.ranks.plan_global`): one global energy threshold alpha, found by bisection, gives
+   (`rbench.layers.ranks.plan_global`): one global energy threshold alpha, found by bisection, gives
    every mode of every layer the smallest rank holding alpha of its energy (the mode-1 and
    mode-2 unfoldings' squared singular values), then a greedy by energy gained per stored
    parameter spends the leftover. `rank_rule=greedy` runs that greedy from rank 1 alone; it
@@ -19,11 +19,11 @@ Algorithm (as implemented):
    docs/findings.md; `rbench run --method cstar --ratio 16 --protocol quick
    [--opt rank_rule=greedy]`; 2-core x86_64 CPU, this dev box).
    Ranks are fixed from here on (projection, decomposition and count use the same ones).
-2. ADMM under PGD-AT: loss CE(f(x_adv)) + sum_l rho/2 ||W_l - Z_l + D_l||^2 (`rbench.admm`);
+2. ADMM under PGD-AT: loss CE(f(x_adv)) + sum_l rho/2 ||W_l - Z_l + D_l||^2 (`rbench.train.admm`);
    Z-step Z_l = TuckerProj_{r1,r2}(W_l + D_l) (HOSVD, optional HOOI sweeps; truncated SVD for
    linears), dual step D_l += W_l - Z_l, rho multiplied by `rho_growth` at every update.
 3. Hard decomposition of the projected tensor TuckerProj(W_l) (not of the raw W_l) into
-   1x1 -> k x k -> 1x1 convolutions (`rbench.factorised.Tucker2Conv`; stride, padding and dilation
+   1x1 -> k x k -> 1x1 convolutions (`rbench.layers.factorised.Tucker2Conv`; stride, padding and dilation
    on the middle conv, the original bias on the last; BatchNorm layers stay where they were).
 4. BatchNorm statistics re-estimated on adversarial examples of the decomposed model.
 5. Adversarial fine-tuning of all factors (PGD-AT, cosine learning rate).
@@ -73,19 +73,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.admm import ADMM, layer_weights
-from rbench.budget import Budget, compressible_layers
-from rbench.errors import RbenchError
-from rbench.factorised import factorise, recalibrate_batchnorm, svd_project, tucker2_project
-from rbench.ranks import plan_global
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.train import StepHooks
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, SGDConfig, register_method
+from rbench.layers.factorised import factorise, recalibrate_batchnorm, svd_project, tucker2_project
+from rbench.layers.ranks import plan_global
+from rbench.train.admm import ADMM, layer_weights
+from rbench.train.trainer import StepHooks
 
 
 @dataclass
 class CstarConfig(SGDConfig):
     variant: Literal["harness", "paper"] = "harness"
-    rank_rule: Literal["threshold", "greedy"] = "threshold"  # rbench.ranks.plan_global
+    rank_rule: Literal["threshold", "greedy"] = "threshold"  # rbench.layers.ranks.plan_global
     admm_share: float = 0.5  # of the compute budget; the rest fine-tunes
     lr: float = 0.01  # both variants: see the docstring, "Learning rate"
     weight_decay: float = 0.0

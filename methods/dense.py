@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from rbench.budget import Budget
-from rbench.errors import RbenchError
-from rbench.registry import Method, register_method
+from rbench.core.budget import Budget
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, register_method
 
 
 @register_method

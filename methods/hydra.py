@@ -13,7 +13,7 @@ paper's step 1, shared by every method):
    gradients are masked and pruned weights re-zeroed after every step), the surviving weights
    train with the robust loss (SGD, cosine; the paper's lr 0.01, the harness variant the suite's
    `finetune_lr`).
-The score layers are the shared `rbench.scores` mechanism.
+The score layers are the shared `rbench.train.scores` mechanism.
 
 Paper defaults (code configs): 20 prune epochs + 100 fine-tune epochs, SGD momentum 0.9, weight
 decay 1e-4, TRADES (beta 6) in the released code path.
@@ -22,7 +22,7 @@ ratio (1/6 of the budget for the scores, the rest for fine-tuning; 0.5 + 2.5 AT-
 mnist5k v1's budget of 3, the v2 default being 5). Dense pretraining is the shared dense model
 (methods.md 7).
 Variants: "harness" trains both phases with the suite's PGD-AT loss; "paper" with TRADES
-(beta 6, the KL inner maximisation of rbench.train), charged at TRADES' cost, so it affords
+(beta 6, the KL inner maximisation of rbench.train.trainer), charged at TRADES' cost, so it affords
 fewer epochs.
 
 Deviations and choices:
@@ -59,11 +59,11 @@ from typing import Literal
 
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import keep_counts, mask_gradients, reapply_masks
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.scores import attach_scores, freeze_weights, scores_to_masks
-from rbench.train import StepHooks
+from rbench.train.scores import attach_scores, freeze_weights, scores_to_masks
+from rbench.train.trainer import StepHooks
 
 
 @dataclass

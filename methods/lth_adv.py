@@ -79,17 +79,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers, effective_weight
-from rbench.errors import RbenchError
-from rbench.layers import (
-    apply_masks,
-    finalize,
-    mask_gradients,
-    reapply_masks,
-    top_k_mask,
-)
-from rbench.registry import Method, MethodConfig, register_method
-from rbench.train import StepHooks
+from rbench.core.budget import Budget, compressible_layers, effective_weight
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, MethodConfig, register_method
+from rbench.layers import apply_masks, finalize, mask_gradients, reapply_masks, top_k_mask
+from rbench.train.trainer import StepHooks
 
 THETA0_TAG = "lth-adv/theta0"
 # the paper's training (Cosentino et al. code: Adam, batch 60, label smoothing, 50/50 loss)

@@ -23,10 +23,10 @@ from typing import Literal
 
 from torch import nn
 
-from rbench.budget import Budget
+from rbench.core.budget import Budget
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import apply_masks, magnitude_masks, mask_gradients, reapply_masks
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.train import StepHooks
+from rbench.train.trainer import StepHooks
 
 
 @dataclass

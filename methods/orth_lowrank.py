@@ -4,7 +4,7 @@ Savostianova, Zangrando, Ceruti, Tudisco, "Robust low-rank training via approxim
 constraints", NeurIPS 2023 (vol. 36, pp. 66064-66083), arXiv:2306.01485; code
 github.com/COMPiLELab/CondLR. Specification: methods.md section 5.
 
-Algorithm (as implemented): every Conv2d/Linear becomes W = U S V^T (`rbench.factorised.USVConv`
+Algorithm (as implemented): every Conv2d/Linear becomes W = U S V^T (`rbench.layers.factorised.USVConv`
 / `USVLinear`; U n x r and V m x r with orthonormal columns, S a FULL r x r core; convs as the
 O x I*k*k matrix, run as r filters V^T then 1x1 convs S and U). One optimiser step (`CondLRSGD`):
 1. basis gradients projected and rescaled, G_U <- c (I - U U^T) G_U, G_V <- c (I - V V^T) G_V,
@@ -18,7 +18,7 @@ values equal); basis gradients divided by a0, the initial mean singular value.
 
 Ranks. The paper fixes a rank fraction, r_l = ceil((1 - cr) min(n_l, m_l)) for every layer but
 the last. Here the fraction is the largest one at which the model meets the requested PARAMETER
-ratio B (counting r*(n + m) + r*r per layer, `rbench.ranks.fraction_ranks`), the leftover filled
+ratio B (counting r*(n + m) + r*r per layer, `rbench.layers.ranks.fraction_ranks`), the leftover filled
 one rank at a time; `extra_metrics` records the ranks, the fraction f and the paper's
 cr = 1 - f. The last layer is a full-rank (r = min(n, m)) U S V^T layer trained with the same
 constrained optimiser (methods.md 5(b)); it stores more than the dense layer (1,200 weights for
@@ -66,12 +66,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers
-from rbench.errors import RbenchError
-from rbench.factorised import USVConv, USVLinear, truncated_svd, usv_layer
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, MethodConfig, register_method
 from rbench.layers import set_module
-from rbench.ranks import fraction_ranks, matrix_cost
-from rbench.registry import Method, MethodConfig, register_method
+from rbench.layers.factorised import USVConv, USVLinear, truncated_svd, usv_layer
+from rbench.layers.ranks import fraction_ranks, matrix_cost
 
 PAPER = {"lr": 0.1, "momentum": 0.3, "batch_size": 128}  # scripts/*.sh, LeNet-5 on MNIST
 HARNESS = {"momentum": 0.9, "batch_size": None}  # lr: the suite's finetune_lr

@@ -10,9 +10,9 @@ Algorithm (methods.md 6.2), starting from the suite's PGD-AT dense model (the pa
    U_0 = 0); the learning rate restarts at each update and drops x0.1 every third of a period;
 3. hard prune: mask_l = support of Proj_l(W_l);
 4. masked PGD-AT retraining (gradients masked, pruned weights re-zeroed after every step);
-5. `structure="filter"` only: the pruned filters leave the model (`rbench.structured.KeptFilters`
+5. `structure="filter"` only: the pruned filters leave the model (`rbench.layers.structured.KeptFilters`
    stores and computes only the kept ones), so the MACs count falls with them.
-The ADMM state is the shared, projection-generic `rbench.admm.ADMM` (CSTAR uses it too).
+The ADMM state is the shared, projection-generic `rbench.train.admm.ADMM` (CSTAR uses it too).
 
 Defaults are the authors' code (verified, config.yaml.example / admm.py / adv_main.py): rho 1e-3,
 rho x1.3 per update ("multi_rho"), admm_epoch 20 of 200 ADMM epochs, 200 retraining epochs, SGD
@@ -83,13 +83,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.admm import ADMM, layer_weights
-from rbench.budget import Budget, compressible_layers
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.structured import drop_pruned_filters
-from rbench.train import StepHooks
+from rbench.layers.structured import drop_pruned_filters
+from rbench.train.admm import ADMM, layer_weights
+from rbench.train.trainer import StepHooks
 
 
 @dataclass

@@ -26,7 +26,7 @@ Variants: "harness" trains with the suite's PGD-AT loss; "paper" with natural cr
 the paper (an analysis of naturally trained sparse nets: no adversarial training), charged at
 natural cost, so it affords (k+1) times more epochs. Both start from the harness's adversarially
 trained dense model; the paper pruned a naturally trained one.
-The record carries the paper's own measures (rbench.native): rho_2 under DeepFool and C&W L2,
+The record carries the paper's own measures (rbench.evaluate.native): rho_2 under DeepFool and C&W L2,
 and FGSM accuracy at small eps.
 
 Paper defaults: gamma 1e-4, power 1, iter_stop 14,000 (DNS MNIST example); SGD as in the base
@@ -77,11 +77,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from rbench.budget import Budget, compressible_layers
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers
+from rbench.core.errors import RbenchError
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.train import StepHooks
+from rbench.train.trainer import StepHooks
 
 SURGERY_TAG = "sparse-robust/surgery"
 

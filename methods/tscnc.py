@@ -13,7 +13,7 @@ UNVERIFIED reconstruction of methods.md 3(b), with its open choices fixed as fol
 2. sparsify and prune: PGD-AT with the TSC term on the dense weights, so small weights shrink
    towards zero ("smooth-sparse"), then a one-shot layer-wise magnitude mask at uniform density
    1/B (`prune="magnitude"`, the default). `prune="scores"` is methods.md's other reading:
-   HYDRA-style score optimisation (rbench.scores) with the TSC term on W .* m(|s|);
+   HYDRA-style score optimisation (rbench.train.scores) with the TSC term on W .* m(|s|);
 3. adversarial fine-tuning of the survivors, masks frozen, with TSC and CNC both active.
 Both terms are computed on the EFFECTIVE weight W .* M; the mask multiplies their gradients, so
 neither moves a pruned weight (which `reapply_masks` also keeps at exactly zero).
@@ -89,11 +89,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers, effective_weight
+from rbench.core.budget import Budget, compressible_layers, effective_weight
+from rbench.core.registry import Method, SGDConfig, register_method
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, SGDConfig, register_method
-from rbench.scores import attach_scores, freeze_weights, scores_to_masks
-from rbench.train import StepHooks
+from rbench.train.scores import attach_scores, freeze_weights, scores_to_masks
+from rbench.train.trainer import StepHooks
 
 # ------------------------------------------------------------------------------ the two terms
 

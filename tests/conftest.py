@@ -17,14 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rbench.budget import Budget, ComputeMeter
 from rbench.cli import main
-from rbench.context import Context
-from rbench.data import BatchLoader, load_data
+from rbench.core.budget import Budget, ComputeMeter
+from rbench.core.suites import SUITES, Suite, get_suite, register_suite
+from rbench.data.datasets import load_data
+from rbench.data.models import build_model
+from rbench.data.splits import BatchLoader
 from rbench.layers import rebuild, structure_of
-from rbench.models import build_model
-from rbench.suites import SUITES, Suite, get_suite, register_suite
-from rbench.train import fit
+from rbench.train.context import Context
+from rbench.train.trainer import fit
 
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -205,7 +206,7 @@ def tiny_cli_script(name: str, compress_epochs: float, batch_size: int) -> str:
     return f"""
 import sys
 from dataclasses import replace
-from rbench.suites import get_suite, register_suite
+from rbench.core.suites import get_suite, register_suite
 from rbench.cli import main
 base = get_suite("digits")
 register_suite(replace(base, name="{name}", dense=replace(base.dense, epochs=6),

@@ -141,7 +141,7 @@ def test_pickle_with_code_is_refused_not_executed(run_cli, tmp_path):
 def test_checkpoint_of_another_architecture(run_cli, tmp_path):
     import torch
 
-    from rbench.models import build_model
+    from rbench.data.models import build_model
 
     other = build_model("lenet300", (1, 8, 8), 10, (0.0,), (1.0,))
     path = tmp_path / "lenet.pt"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import DIGITS_SHAPE, assert_reloads_exactly, new_digits_model
 
-from rbench.budget import Budget, compressible_layers, measure_compression
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers, measure_compression
+from rbench.core.errors import RbenchError
 from rbench.layers import finalize
 from rbench.methods.cstar import (
     Cstar,

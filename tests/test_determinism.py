@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_cli_script
 
-from rbench.store import canonical_json
+from rbench.store.cache import canonical_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
-from rbench.evaluate import (
+from rbench.core.suites import Protocol, ThreatModel, get_suite
+from rbench.evaluate.accuracy import (
     autoattack_correct,
     clean_correct,
     pgd_correct,
@@ -14,7 +15,6 @@ from rbench.evaluate import (
     wilson_interval,
     with_oom_retry,
 )
-from rbench.suites import Protocol, ThreatModel, get_suite
 
 QUICK = Protocol(
     "quick",

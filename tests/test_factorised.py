@@ -1,5 +1,5 @@
-"""Factorised layers, their projections, rank selection and save -> load (rbench.factorised,
-rbench.ranks)."""
+"""Factorised layers, their projections, rank selection and save -> load (rbench.layers.factorised,
+rbench.layers.ranks)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import assert_reloads_exactly
 from torch import nn
 
-from rbench.budget import compressible_layers, measure_compression, stored_tensors
-from rbench.factorised import (
+from rbench.core.budget import compressible_layers, measure_compression, stored_tensors
+from rbench.data.models import build_model
+from rbench.layers.factorised import (
     LowRankLinear,
     Tucker2Conv,
     factorise,
@@ -23,9 +24,7 @@ from rbench.factorised import (
     tucker2_project,
     usv_layer,
 )
-from rbench.latency import measure_latency
-from rbench.models import build_model
-from rbench.ranks import (
+from rbench.layers.ranks import (
     RankUnit,
     fraction_ranks,
     global_ranks,
@@ -36,6 +35,7 @@ from rbench.ranks import (
     tucker2_cost,
     uniform_rank,
 )
+from rbench.perf.latency import measure_latency
 
 
 def low_multilinear_rank(out_ch, in_ch, k, r1, r2, seed=0):

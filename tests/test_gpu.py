@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import registered, tiny_digits
 
-from rbench.evaluate import autoattack_correct, clean_correct
-from rbench.runner import RunConfig, Runner
-from rbench.suites import Protocol, ThreatModel, get_suite
+from rbench.core.config import RunConfig
+from rbench.core.suites import Protocol, ThreatModel, get_suite
+from rbench.evaluate.accuracy import autoattack_correct, clean_correct
+from rbench.runner import Runner
 
 pytestmark = pytest.mark.gpu
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_validate import valid_record  # a consistent hand-built record (tests/ is on sys.path)
 
-from rbench.errors import RbenchError
-from rbench.records import record_path
+from rbench.core.errors import RbenchError
+from rbench.store.records import record_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_validate_reports_hostile_names_and_opens_nothing(tmp_path, cli):
 
 
 def test_leaderboard_skips_hostile_records_and_writes_only_its_output(tmp_path):
-    from rbench.leaderboard import build
+    from rbench.report.leaderboard import build
 
     records = tmp_path / "records"
     records.mkdir()
@@ -164,7 +164,7 @@ def _call_name(node: ast.Call) -> str:
 
 def test_configs_and_records_are_parsed_as_data_only():
     sources = sorted((ROOT / "bench").rglob("*.py")) + sorted((ROOT / "methods").rglob("*.py"))
-    assert (ROOT / "bench" / "commands" / "run.py") in sources and len(sources) > 20
+    assert (ROOT / "bench" / "cli" / "run.py") in sources and len(sources) > 20
     found = []
     for source in sources:
         tree = ast.parse(source.read_text(), filename=str(source))

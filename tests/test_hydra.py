@@ -10,10 +10,10 @@ import torch
 from conftest import new_digits_model
 from torch import nn
 
-from rbench.budget import compressible_layers, measure_compression, verify_ratio
+from rbench.core.budget import compressible_layers, measure_compression, verify_ratio
 from rbench.layers import finalize, masks_of
 from rbench.methods.hydra import Hydra, HydraConfig
-from rbench.scores import attach_scores, freeze_weights, score_masks, scores_to_masks
+from rbench.train.scores import attach_scores, freeze_weights, score_masks, scores_to_masks
 
 
 def test_score_mask_keeps_k_weights_and_passes_gradient_straight_through():

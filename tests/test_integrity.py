@@ -14,12 +14,13 @@ from conftest import registered, tiny_digits
 from safetensors.torch import save_file
 from torch import nn
 
-from rbench.budget import ComputeMeter
-from rbench.errors import RbenchError
-from rbench.evaluate import autoattack_correct
-from rbench.registry import METHODS, Method, MethodConfig, register_method
-from rbench.runner import RunConfig, Runner
-from rbench.suites import get_suite
+from rbench.core.budget import ComputeMeter
+from rbench.core.config import RunConfig
+from rbench.core.errors import RbenchError
+from rbench.core.registry import METHODS, Method, MethodConfig, register_method
+from rbench.core.suites import get_suite
+from rbench.evaluate.accuracy import autoattack_correct
+from rbench.runner import Runner
 
 SUITE = "digits-integrity"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rbench.evaluate import wilson_interval
-from rbench.leaderboard import build, load_records
-from rbench.records import validate_record
-from rbench.store import content_hash
+from rbench.evaluate.accuracy import wilson_interval
+from rbench.report.leaderboard import build, load_records
+from rbench.store.cache import content_hash
+from rbench.store.records import validate_record
 
 
 def acc(correct: int, n: int) -> dict:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rbench.data import BatchLoader, load_data
-from rbench.errors import RbenchError
+from rbench.core.errors import RbenchError
+from rbench.data.datasets import load_data
+from rbench.data.splits import BatchLoader
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import FitSpy
 
-from rbench.budget import compressible_layers, effective_weight, measure_compression
+from rbench.core.budget import compressible_layers, effective_weight, measure_compression
+from rbench.core.suites import get_suite
 from rbench.layers import finalize
+from rbench.methods import get_method
 from rbench.methods.lth_adv import LTHAdv, LTHAdvConfig, draw_init, round_schedule
-from rbench.registry import get_method
-from rbench.suites import get_suite
 
 SMALLCNN_28 = {"c1": 144, "c2": 4608, "c3": 9216, "fc1": 156800, "out": 1000}
 
@@ -122,8 +122,8 @@ def test_paper_variant_trains_each_round_with_a_fresh_adam_and_the_mixed_loss(
 
 
 def test_unreachable_ratio_is_refused_before_training(trained_digits_model):
-    from rbench.budget import Budget
-    from rbench.errors import RbenchError
+    from rbench.core.budget import Budget
+    from rbench.core.errors import RbenchError
 
     n = sum(m.weight.numel() for m in compressible_layers(trained_digits_model).values())
     with pytest.raises(RbenchError):

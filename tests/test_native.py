@@ -1,4 +1,4 @@
-"""Paper-native metrics (rbench.native): minimal-L2 attacks really flip predictions with a positive
+"""Paper-native metrics (rbench.evaluate.native): minimal-L2 attacks really flip predictions with a positive
 perturbation, rho_2 is computed only where they did, FGSM accuracy does not rise with eps, and the
 result is JSON-able."""
 
@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from rbench import native
-from rbench.errors import RbenchError
-from rbench.suites import get_suite
+from rbench.core.errors import RbenchError
+from rbench.core.suites import get_suite
+from rbench.evaluate import native
 
 
 def _points(digits, n):

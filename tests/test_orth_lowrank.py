@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import DIGITS_SHAPE, assert_reloads_exactly, new_digits_model
 
-from rbench.budget import Budget, compressible_layers, measure_compression
-from rbench.errors import RbenchError
-from rbench.factorised import USVConv, USVLinear
+from rbench.core.budget import Budget, compressible_layers, measure_compression
+from rbench.core.errors import RbenchError
 from rbench.layers import finalize
+from rbench.layers.factorised import USVConv, USVLinear
 from rbench.methods.orth_lowrank import (
     CondLRSGD,
     OrthLowRank,
@@ -24,7 +24,7 @@ from rbench.methods.orth_lowrank import (
     select_ranks,
     to_usv,
 )
-from rbench.train import StepHooks
+from rbench.train.trainer import StepHooks
 
 
 @pytest.mark.parametrize(("mode", "tau"), [("approx", 0.1), ("approx", 0.5), ("mean", 0.0)])

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rbench.budget import measure_compression
-from rbench.errors import RbenchError
+from rbench.core.budget import measure_compression
+from rbench.core.errors import RbenchError
+from rbench.core.registry import METHODS, Method
 from rbench.layers import finalize
-from rbench.registry import METHODS, Method
 
 tomllib = pytest.importorskip("tomllib")
 

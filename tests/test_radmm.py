@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import new_digits_model
 
-from rbench.admm import ADMM, layer_weights
-from rbench.budget import Budget, compressible_layers, measure_compression, verify_ratio
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers, measure_compression, verify_ratio
+from rbench.core.errors import RbenchError
 from rbench.layers import finalize
+from rbench.layers.structured import KeptFilters
 from rbench.methods.radmm import (
     RADMM,
     RADMMConfig,
@@ -21,7 +21,7 @@ from rbench.methods.radmm import (
     irregular_mask,
     projection,
 )
-from rbench.structured import KeptFilters
+from rbench.train.admm import ADMM, layer_weights
 
 
 def _rows(mask: torch.Tensor) -> tuple[int, int, int]:

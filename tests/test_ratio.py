@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from rbench.budget import count_macs, max_stored, measure_compression, verify_ratio
-from rbench.errors import RbenchError
+from rbench.core.budget import count_macs, max_stored, measure_compression, verify_ratio
+from rbench.core.errors import RbenchError
 from rbench.layers import apply_masks, finalize, keep_counts, magnitude_masks
 
 

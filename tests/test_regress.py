@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from rbench import regress
-from rbench.errors import RbenchError
-from rbench.evaluate import wilson_interval
+from rbench.core.errors import RbenchError
+from rbench.core.registry import METHODS, Method, MethodConfig
+from rbench.core.suites import SUITES, AttackSpec, Protocol, Suite, ThreatModel, TrainRecipe
+from rbench.evaluate.accuracy import wilson_interval
 from rbench.layers import apply_masks, magnitude_masks
-from rbench.registry import METHODS, Method, MethodConfig, load_methods
-from rbench.suites import SUITES, AttackSpec, Protocol, Suite, ThreatModel, TrainRecipe
+from rbench.methods import load_methods
 
 # ------------------------------------------------------------------------- tolerance
 

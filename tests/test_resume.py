@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_run, registered, tiny_digits
 
-from rbench import evaluate as ev
-from rbench.runner import RunConfig, Runner
-from rbench.store import Store
-from rbench.suites import get_suite
+from rbench.core.config import RunConfig
+from rbench.core.suites import get_suite
+from rbench.evaluate import accuracy as ev
+from rbench.runner import Runner
+from rbench.store.cache import Store
 
 pytestmark = pytest.mark.slow
 

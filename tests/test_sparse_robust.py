@@ -15,8 +15,9 @@ from conftest import FitSpy
 from torch import nn
 from torch.nn.utils import parametrize
 
-from rbench.budget import Budget, compressible_layers, measure_compression
-from rbench.errors import RbenchError
+from rbench.core.budget import Budget, compressible_layers, measure_compression
+from rbench.core.errors import RbenchError
+from rbench.core.suites import get_suite
 from rbench.layers import finalize, keep_counts
 from rbench.methods.sparse_robust import (
     SparseRobust,
@@ -25,7 +26,6 @@ from rbench.methods.sparse_robust import (
     Surgery,
     dns_thresholds,
 )
-from rbench.suites import get_suite
 
 
 def test_splice_mask_forward_is_masked_and_gradient_reaches_every_weight():

@@ -11,18 +11,18 @@ import torch
 from conftest import new_digits_model
 from torch import nn
 
-from rbench.budget import measure_compression
-from rbench.factorised import LowRankLinear, Tucker2Conv, usv_layer
-from rbench.layers import apply_masks, magnitude_masks, set_module
-from rbench.models import BasicBlock
-from rbench.spectral import (
+from rbench.core.budget import measure_compression
+from rbench.core.suites import get_suite
+from rbench.data.models import BasicBlock
+from rbench.evaluate.spectral import (
     conv_operator_spectrum,
     diagnose,
     local_lipschitz,
     matrix_spectrum,
     power_iteration,
 )
-from rbench.suites import get_suite
+from rbench.layers import apply_masks, magnitude_masks, set_module
+from rbench.layers.factorised import LowRankLinear, Tucker2Conv, usv_layer
 
 
 def test_orthogonal_matrix_has_condition_number_one_and_full_stable_rank():
@@ -290,8 +290,9 @@ def test_cli_diagnoses_a_checkpoint_and_a_record(tmp_path, cli, dense_checkpoint
 
 
 def test_runner_diagnoses_on_the_first_100_evaluation_points(tmp_path, digits, monkeypatch):
-    import rbench.spectral
-    from rbench.runner import RunConfig, Runner
+    import rbench.evaluate.spectral
+    from rbench.core.config import RunConfig
+    from rbench.runner import Runner
 
     seen = {}
 
@@ -299,7 +300,7 @@ def test_runner_diagnoses_on_the_first_100_evaluation_points(tmp_path, digits, m
         seen["x"], seen["shape"] = x, input_shape
         return {}
 
-    monkeypatch.setattr(rbench.spectral, "diagnose", spy)
+    monkeypatch.setattr(rbench.evaluate.spectral, "diagnose", spy)
     cfg = RunConfig(
         method="dense",
         ratio=1,

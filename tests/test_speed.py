@@ -12,14 +12,14 @@ import torch
 from conftest import new_digits_model
 from torch import nn
 
-from rbench import train as train_module
-from rbench.attacks import PGD
-from rbench.budget import ComputeMeter
-from rbench.data import BatchLoader
+from rbench.core.budget import ComputeMeter
+from rbench.core.errors import RbenchError
+from rbench.core.pgd import PGD
+from rbench.data.splits import BatchLoader
 from rbench.distributed import ShardedBatchLoader
-from rbench.errors import RbenchError
-from rbench.speed import synthetic_split
-from rbench.train import (
+from rbench.perf.speed import synthetic_split
+from rbench.train import trainer as train_module
+from rbench.train.trainer import (
     StepHooks,
     fit,
     resolve_channels_last,
@@ -303,7 +303,7 @@ def test_cuda_bf16_epoch_matches_fp32_statistics(digits):
 
 
 def test_speed_script_runs_end_to_end(tmp_path):
-    from rbench.speed import main
+    from rbench.perf.speed import main
 
     out = tmp_path / "speed.json"
     main(

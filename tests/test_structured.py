@@ -1,4 +1,4 @@
-"""Structured pruning with physically smaller layers (rbench.structured): dropping all-zero
+"""Structured pruning with physically smaller layers (rbench.layers.structured): dropping all-zero
 filters keeps the network's function, lowers the MACs the harness counts, keeps the stored
 count and the spectra, and a saved model rebuilds from its structure."""
 
@@ -11,11 +11,11 @@ import torch
 from conftest import DIGITS_SHAPE, assert_reloads_exactly, new_digits_model
 from torch import nn
 
-from rbench.budget import compressible_layers, count_macs, measure_compression
+from rbench.core.budget import compressible_layers, count_macs, measure_compression
+from rbench.data.models import build_model
+from rbench.evaluate.spectral import diagnose
 from rbench.layers import apply_masks
-from rbench.models import build_model
-from rbench.spectral import diagnose
-from rbench.structured import KeptFilters, drop_pruned_filters
+from rbench.layers.structured import KeptFilters, drop_pruned_filters
 
 
 def filter_pruned(model: nn.Module, keep: float, seed: int = 0) -> nn.Module:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import registered, tiny_digits
 
-from rbench.runner import RunConfig
+from rbench.core.config import RunConfig
 from rbench.sweep import sweep
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import new_digits_model
 
-from rbench.budget import compressible_layers, measure_compression, verify_ratio
+from rbench.core.budget import compressible_layers, measure_compression, verify_ratio
 from rbench.layers import apply_masks, finalize, magnitude_masks, masks_of
 from rbench.methods.magnitude import Magnitude
 from rbench.methods.tscnc import (

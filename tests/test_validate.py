@@ -10,13 +10,13 @@ from dataclasses import asdict
 
 import pytest
 
-from rbench import validate as val
-from rbench.budget import compressible_layers
-from rbench.evaluate import wilson_interval
-from rbench.models import build_model
-from rbench.records import validate_record
-from rbench.store import content_hash
-from rbench.suites import get_suite
+from rbench.core.budget import compressible_layers
+from rbench.core.suites import get_suite
+from rbench.data.models import build_model
+from rbench.evaluate.accuracy import wilson_interval
+from rbench.report import validate as val
+from rbench.store.cache import content_hash
+from rbench.store.records import validate_record
 
 
 def _acc(k: int, n: int, **extra) -> dict:
@@ -24,7 +24,7 @@ def _acc(k: int, n: int, **extra) -> dict:
 
 
 def valid_record() -> dict:
-    """A digits/quick record written by hand from rbench.records' schema, consistent throughout."""
+    """A digits/quick record written by hand from rbench.store.records' schema, consistent throughout."""
     suite = get_suite("digits")
     protocol = json.loads(json.dumps(asdict(suite.protocol("quick"))))
     info = suite.data

@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from rbench.budget import Budget, compressible_layers
+from rbench.core.budget import Budget, compressible_layers
 from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
-from rbench.registry import Method, MethodConfig
-from rbench.train import StepHooks
+from rbench.core.registry import Method, MethodConfig
+from rbench.train.trainer import StepHooks
 
 
 @dataclass

@@ -1,0 +1,210 @@
+"""`rbench run` and `rbench sweep`: compress a dense model and evaluate it, once or over a grid."""
+
+from __future__ import annotations
+
+import click
+
+from rbench.core.config import RunConfig, parse_opts, parse_shard
+from rbench.core.suites import DEFAULT_SUITE
+from rbench.report.tables import result_table
+
+
+@click.command()
+@click.option(
+    "--method", "-m", required=True, help="Compression method (see `rbench list methods`)."
+)
+@click.option(
+    "--ratio",
+    "-r",
+    required=True,
+    type=float,
+    help="Target compression ratio N_dense / N_stored, >= 1 (e.g. 16).",
+)
+@click.option(
+    "--suite",
+    "-s",
+    default=DEFAULT_SUITE,
+    show_default=True,
+    help="Dataset + architecture + threat model + protocol (see `rbench list suites`).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of dense training, "
+    "compression and attacks; the same seed gives the same numbers on a CPU.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to run.",
+)
+@click.option(
+    "--data-root",
+    type=str,
+    default=None,
+    help="Folder with the suite's dataset (not needed for the embedded suites).",
+)
+@click.option(
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a method hyperparameter; repeatable (e.g. --opt lr=0.005).",
+)
+@click.option(
+    "--protocol",
+    default=None,
+    help="Evaluation protocol of the suite (default: the suite's; e.g. standard, quick).",
+)
+@click.option(
+    "--epochs",
+    type=float,
+    default=None,
+    help="Compression compute budget in AT-epochs (default: the suite's).",
+)
+@click.option(
+    "--dense-checkpoint",
+    type=str,
+    default=None,
+    help="Use this dense model (.safetensors or a state dict) instead of training one.",
+)
+@click.option(
+    "--results-dir", default="results", show_default=True, help="Where the JSON record is written."
+)
+@click.option(
+    "--cache-dir", default=None, help="Artifact cache (default: $RBENCH_CACHE or ~/.cache/rbench)."
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result row.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only AutoAttack chunk I of every N (e.g. 0/4) into the shared cache; "
+    "a run without --shard then merges the shards exactly and writes the record.",
+)
+def run(
+    method,
+    ratio,
+    suite,
+    seed,
+    device,
+    data_root,
+    opts,
+    protocol,
+    epochs,
+    dense_checkpoint,
+    results_dir,
+    cache_dir,
+    quiet,
+    shard,
+) -> None:
+    """Compress a suite's dense model with METHOD at RATIO and evaluate it."""
+    from rbench.runner import Runner
+
+    cfg = RunConfig(
+        method=method,
+        ratio=ratio,
+        suite=suite,
+        seed=seed,
+        device=device,
+        data_root=data_root,
+        opts=parse_opts(opts),
+        protocol=protocol,
+        epochs=epochs,
+        dense_checkpoint=dense_checkpoint,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+        quiet=quiet,
+        shard=parse_shard(shard),
+    )
+    record = Runner(cfg).run()
+    if "_shard" in record:
+        done = ", ".join(f"{a}-{b}" for a, b in record["_ranges"]) or "none"
+        click.echo(
+            f"shard {record['_shard']} done (AutoAttack points {done}); run the other "
+            "shards, then the same command without --shard to merge and write the record"
+        )
+        return
+    click.echo(result_table([record]))
+    flags = record["flags"]
+    if flags:
+        click.echo("flags: " + "; ".join(f"{k}: {v}" for k, v in flags.items()))
+    click.echo(f"record: {record['_path']}")
+
+
+@click.command()
+@click.option("--methods", required=True, help="Comma-separated methods, e.g. magnitude,cstar.")
+@click.option("--ratios", required=True, help="Comma-separated ratios, e.g. 2,4,8,16,32.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--suite", "-s", default=DEFAULT_SUITE, show_default=True)
+@click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "slurm", "debug"]),
+    help="submitit executor: local processes, Slurm jobs, or in-process (debug).",
+)
+@click.option("--protocol", default=None, help="Evaluation protocol (default: the suite's).")
+@click.option("--data-root", default=None)
+@click.option("--results-dir", default="results", show_default=True)
+@click.option("--cache-dir", default=None)
+@click.option("--slurm-partition", default=None, help="Slurm partition (with --executor slurm).")
+@click.option("--slurm-gpus", default=1, show_default=True, type=int)
+@click.option("--slurm-timeout-min", default=24 * 60, show_default=True, type=int)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs running at once (default: one per CPU core locally, all on Slurm).",
+)
+def sweep(
+    methods,
+    ratios,
+    seeds,
+    suite,
+    executor,
+    protocol,
+    data_root,
+    results_dir,
+    cache_dir,
+    slurm_partition,
+    slurm_gpus,
+    slurm_timeout_min,
+    max_parallel,
+) -> None:
+    """Run every (method, ratio, seed) as its own job, sharing one cache; rerun to resume."""
+    from rbench.sweep import parse_grid
+    from rbench.sweep import sweep as run_sweep
+
+    method_list, ratio_list, seed_list = parse_grid(methods, ratios, seeds, suite)
+    base = RunConfig(
+        method="",
+        ratio=1,
+        suite=suite,
+        protocol=protocol,
+        data_root=data_root,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+        quiet=True,
+    )
+    slurm = {"timeout_min": slurm_timeout_min}
+    if executor == "slurm":
+        slurm.update(slurm_partition=slurm_partition, gpus_per_node=slurm_gpus)
+    results = run_sweep(
+        base,
+        method_list,
+        ratio_list,
+        seed_list,
+        executor,
+        slurm,
+        say=lambda m: click.echo(m, err=True),
+        max_parallel=max_parallel,
+    )
+    failed = [name for name, r in results.items() if r["status"] != "done"]
+    click.echo(f"{len(results) - len(failed)} done, {len(failed)} failed")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,161 @@
+"""The method interface and its registry: `Method`, the config dataclasses, `@register_method`.
+
+Discovery (the files of `rbench.methods` and the entry-point group `rbench.methods`) lives in
+`rbench.methods`, so the registry never imports its own registrants.
+
+A method is a class with a name, a citation, a kind, a `Config` dataclass holding the paper's
+defaults, and `compress(model, budget, ctx) -> nn.Module`. The harness builds the budget and ctx;
+the method never sees the CLI, the evaluator or the leaderboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from rbench.core.errors import RbenchError, nearest
+
+KINDS = ("dense", "unstructured", "structured", "low-rank")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyperparameters. `variant` picks the training protocol:
+    "harness" adapts the paper to the common adversarial protocol and budget; "paper" keeps the
+    paper's own training so its published numbers can be checked."""
+
+    variant: str = "harness"
+
+
+@dataclass
+class SGDConfig(MethodConfig):
+    """The SGD settings most methods train with (the learning rates stay each method's own:
+    they differ by phase and by paper). `Context.fit_sgd` reads them."""
+
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int | None = None  # None: the suite's
+
+
+class Method:
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    citation: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    variants: ClassVar[tuple[str, ...]] = ("harness",)
+    # paper-native robustness metrics the evaluator adds to the record (see rbench.evaluate.native)
+    native_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def check(self, model: nn.Module, budget) -> None:
+        """Raise RbenchError, before any training, if this method cannot reach `budget` on a model
+        of this architecture (`model` is untrained). The default accepts everything."""
+
+    def compress(self, model: nn.Module, budget, ctx) -> nn.Module:
+        raise NotImplementedError
+
+    def finetune_lr(self, ctx, configured: float | None, paper: float) -> float:
+        """The fine-tuning learning rate: the configured one, else the paper's in the paper
+        variant, else the suite's `finetune_lr` (the common protocol's rate for every method)."""
+        if configured is not None:
+            return configured
+        return (
+            paper
+            if getattr(self.config, "variant", "harness") == "paper"
+            else ctx.suite.finetune_lr
+        )
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to the registry under `cls.name`."""
+    for attr in ("name", "kind", "citation"):
+        if not getattr(cls, attr, None):
+            raise TypeError(f"method class {cls.__name__} needs a '{attr}'")
+    if cls.kind not in KINDS:
+        raise TypeError(f"method '{cls.name}': kind must be one of {KINDS}")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, MethodConfig)):
+        raise TypeError(f"method '{cls.name}': Config must be a dataclass deriving MethodConfig")
+    existing = METHODS.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"method name '{cls.name}' is registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _coerce(value: str, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise RbenchError(f"--opt {key}={value}: choose one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() == "none":
+            return None
+        return _coerce(value, args[0], key)
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(value)
+        if annotation is float:
+            import math
+
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+    except ValueError:
+        raise RbenchError(f"--opt {key}={value}: expected a {annotation.__name__}") from None
+    return value
+
+
+def make_config(method: type[Method], opts: dict[str, str]) -> MethodConfig:
+    """The method's Config with `--opt key=value` overrides, typed by the dataclass fields."""
+    fields = {f.name: f for f in dataclasses.fields(method.Config)}
+    hints = typing.get_type_hints(method.Config)
+    values = {}
+    for key, raw in opts.items():
+        if key not in fields:
+            raise RbenchError(
+                f"method '{method.name}' has no option '{key}'{nearest(key, list(fields))}; "
+                f"its options are {', '.join(fields)}"
+            )
+        values[key] = _coerce(raw, hints[key], key)
+    config = method.Config(**values)
+    if config.variant not in method.variants:
+        raise RbenchError(
+            f"method '{method.name}' has no variant '{config.variant}'; "
+            f"choose {', '.join(method.variants)}"
+        )
+    return config
+
+
+def nondefault(config: MethodConfig) -> dict:
+    """The fields that differ from the defaults: what a cache key hashes (OpenLTH's rule, so a new
+    option with a no-op default keeps old results valid)."""
+    default = type(config)()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }

@@ -1,0 +1,228 @@
+"""The evaluation protocol (design.md 5): clean accuracy on the whole test split, PGD and
+AutoAttack (pyautoattack, the real Croce & Hein code) on the first n_eval test points, Wilson
+intervals, and sanity flags. Always eval mode and fp32; every forward pass batched, and on
+out-of-memory the batch is halved and retried."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rbench.core.suites import AttackSpec, Protocol, ThreatModel
+from rbench.data.splits import Split
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # exact ends at k = 0 and k = n (the formula gives them only up to rounding)
+    return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
+
+
+def accuracy_entry(correct: torch.Tensor, **extra) -> dict:
+    k, n = int(correct.sum()), int(correct.numel())
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi], **extra}
+
+
+def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """[(0, size), (size, 2 size), ...] covering n points."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def with_oom_retry(fn: Callable[[int], object], batch_size: int):
+    """Call fn(batch_size), halving the batch on out-of-memory until it fits."""
+    while True:
+        try:
+            return fn(batch_size)
+        except RuntimeError as exc:
+            if not _is_oom(exc) or batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size //= 2
+
+
+def _batched(model, split: Split, device, batch_size: int, per_batch) -> torch.Tensor:
+    def run(bs: int) -> torch.Tensor:
+        out = []
+        for start in range(0, len(split), bs):
+            idx = slice(start, start + bs)
+            x, y = split.images(idx).to(device), split.y[idx].to(device)
+            out.append(per_batch(x, y).cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+    return with_oom_retry(run, batch_size)
+
+
+@torch.no_grad()
+def clean_correct(model: nn.Module, split: Split, device, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return _batched(model, split, device, batch_size, lambda x, y: model(x).argmax(1) == y)
+
+
+def pgd_correct(
+    model: nn.Module,
+    split: Split,
+    threat: ThreatModel,
+    spec: AttackSpec,
+    device,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """Per point: still correct after every restart of PGD (worst case over restarts)."""
+    model.eval()
+    attack = spec.pgd(threat)
+    gen = torch.Generator().manual_seed(seed)
+
+    def per_batch(x, y):
+        correct = model(x).argmax(1) == y
+        for _ in range(spec.restarts):
+            x_adv = attack.perturb(model, x, y, generator=gen)
+            with torch.no_grad():
+                correct &= model(x_adv).argmax(1) == y
+        return correct
+
+    return _batched(model, split, device, batch_size, per_batch)
+
+
+class _FlagHandler(logging.Handler):
+    """Collects pyautoattack's warnings (its gradient-masking checks) as structured flags."""
+
+    PATTERNS = {
+        "randomized defense": "aa_randomized_defense",
+        "probability distribution": "aa_softmax_output",
+        "zero gradient": "aa_zero_gradients",
+        "square attack has decreased": "aa_square_beats_whitebox",
+        "dynamic defense": "aa_dynamic_model",
+        "classes": "aa_n_classes",
+    }
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.flags: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        lowered = message.lower()
+        name = next((f for p, f in self.PATTERNS.items() if p in lowered), "aa_warning")
+        self.flags[name] = " ".join(message.split())
+
+
+def _reset_dynamic_check() -> None:
+    """pyautoattack's dynamic-defence check counts the calls it traces in a module-level dict and
+    never resets it, so one dynamic model would flag every later model of the same process as
+    dynamic (aa_dynamic_model, unreliable): start each evaluation from zero."""
+    from pyautoattack import checks
+
+    for name in checks.funcs:
+        checks.funcs[name] = 0
+
+
+def autoattack_correct(
+    model: nn.Module,
+    split: Split,
+    threat: ThreatModel,
+    protocol: Protocol,
+    device,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """Per-point robustness under AutoAttack via pyautoattack, and the flags its checks raised."""
+    from pyautoattack import AutoAttack
+
+    model.eval()
+    logger = logging.getLogger("auto-attack")
+    handler = _FlagHandler()
+    logger.addHandler(handler)
+    x, y = split.images(slice(None)).to(device), split.y.to(device)
+
+    def run(bs: int) -> torch.Tensor:
+        if protocol.autoattack == "custom":
+            adversary = AutoAttack(
+                model,
+                attacks=list(protocol.attacks),
+                device=device,
+                eps=threat.eps_value,
+                norm=threat.norm,
+                seed=seed,
+                version="custom",
+            )
+            if protocol.apgd_restarts is not None:
+                adversary.apgd.n_restarts = protocol.apgd_restarts
+        else:
+            adversary = AutoAttack(
+                model,
+                device=device,
+                eps=threat.eps_value,
+                norm=threat.norm,
+                seed=seed,
+                version=protocol.autoattack,
+            )
+        _reset_dynamic_check()
+        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=bs)
+        return (y_adv.to(y.device) == y).cpu()
+
+    try:
+        correct = with_oom_retry(run, batch_size or protocol.batch_size)
+    finally:
+        logger.removeHandler(handler)
+    return correct, handler.flags
+
+
+def eps_monotonicity(
+    model: nn.Module,
+    split: Split,
+    threat: ThreatModel,
+    device,
+    seed: int = 0,
+    factors: tuple[float, ...] = (1.0, 2.0, 4.0),
+) -> dict[str, float]:
+    """PGD-10 accuracy at growing eps on a few points: it must not rise as eps grows."""
+    out = {}
+    for f in factors:
+        eps = min(threat.eps_value * f, 1.0)
+        scaled = ThreatModel(threat.norm, repr(eps))
+        correct = pgd_correct(model, split, scaled, AttackSpec(10, 0.25), device, seed)
+        out[f"{f:g}x"] = float(correct.float().mean())
+    return out
+
+
+def sanity_flags(clean_points: float, pgd: float, aa: float, sweep: dict[str, float]) -> dict:
+    """design.md 5's checks on one evaluation (AutoAttack's own checks are added by the caller)."""
+    flags = {}
+    if pgd > clean_points or aa > clean_points:
+        flags["robust_above_clean"] = (
+            f"robust accuracy (PGD {pgd:.3f}, AutoAttack {aa:.3f}) exceeds clean {clean_points:.3f}"
+        )
+    if aa > pgd:
+        flags["autoattack_above_pgd"] = f"AutoAttack {aa:.3f} is weaker than PGD {pgd:.3f}"
+    values = list(sweep.values())
+    if any(b > a + 0.02 for a, b in zip(values, values[1:], strict=False)):
+        flags["accuracy_rises_with_eps"] = f"PGD accuracy by eps multiple: {sweep}"
+    return flags
+
+
+# flags that mean the robust accuracy cannot be trusted (gradient masking and its symptoms)
+UNRELIABLE = {
+    "aa_randomized_defense",
+    "aa_softmax_output",
+    "aa_zero_gradients",
+    "aa_square_beats_whitebox",
+    "aa_dynamic_model",
+    "robust_above_clean",
+    "accuracy_rises_with_eps",
+}
