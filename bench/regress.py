@@ -4,9 +4,8 @@ baseline (design.md 1, "CI of this repo and of users").
 The pinned run (`Pinned`): the embedded `digits` suite, its `quick` protocol (APGD-CE + APGD-T,
 one restart, n_eval = 100, plus the suite's PGD), ratio 4 (ratio 1 for a dense-kind method), a
 compression budget of 1 AT-epoch, seed 0, on the CPU. Every registered method runs at its default
-configuration through `rbench.runner.Runner`, exactly as `rbench run` would. Measured with
-`time rbench check` (9 methods, dense model cached) on this dev box's 2-core x86_64 CPU, shared
-with other jobs (load average about 13): 11 min 40 s of CPU time, 35 min of wall time.
+configuration through `rbench.runner.Runner`, exactly as `rbench run` would. Its run time on a
+2-core CPU is in docs/findings.md ("harness").
 
 Caching: the dense model comes from the artifact cache (trained once, then shared by every method
 and every later check; `fresh=True` retrains it). The compress and evaluate stages are always

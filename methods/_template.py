@@ -22,7 +22,9 @@ the paper's natural (cross-entropy) retraining, for checking the paper's own num
 Budget: the harness budget replaces the paper's retraining schedule (TEMPLATE: say how).
 Deviations: TEMPLATE: everything that differs from the paper and why.
 UNVERIFIED: TEMPLATE: every choice the paper does not pin down (methods.md marks them).
-Measured: TEMPLATE: numbers you quote here come from a command you ran; name it and the machine.
+Measured: TEMPLATE: no measurements here. Put them, with the command and the machine, under
+"### <your method id>" in docs/findings.md ("Measurements behind the method files"); here at
+most one short sentence per decision they support, pointing there.
 """
 
 from __future__ import annotations

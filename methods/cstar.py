@@ -9,22 +9,19 @@ Algorithm (as implemented):
    channel modes), every 1x1 conv a Tucker-2 conv with r1 = r2, every linear a two-factor
    product. The ranks of the whole network are chosen together so that the model, with the
    layers kept dense counted in full, stores at most floor(N_dense / B) weights
-   (`rbench.layers.ranks.plan_global`): one global energy threshold alpha, found by bisection, gives
-   every mode of every layer the smallest rank holding alpha of its energy (the mode-1 and
+   (`rbench.layers.ranks.plan_global`): one global energy threshold alpha, found by bisection,
+   gives every mode of every layer the smallest rank holding alpha of its energy (the mode-1 and
    mode-2 unfoldings' squared singular values), then a greedy by energy gained per stored
    parameter spends the leftover. `rank_rule=greedy` runs that greedy from rank 1 alone; it
-   starves the expensive layers: the mnist5k smallcnn's 1568 x 100 linear gets rank 1 at B = 16
-   and the run scored clean 28.3% / AutoAttack 18.5%, against 94.4% / 87.0% with the threshold
-   (measured on mnist5k v1: 3 AT-epochs, before the suite was recalibrated, lr 0.01 as now;
-   docs/findings.md; `rbench run --method cstar --ratio 16 --protocol quick
-   [--opt rank_rule=greedy]`; 2-core x86_64 CPU, this dev box).
+   starves the expensive layers, so the threshold is the default (docs/findings.md, "cstar").
    Ranks are fixed from here on (projection, decomposition and count use the same ones).
 2. ADMM under PGD-AT: loss CE(f(x_adv)) + sum_l rho/2 ||W_l - Z_l + D_l||^2 (`rbench.train.admm`);
    Z-step Z_l = TuckerProj_{r1,r2}(W_l + D_l) (HOSVD, optional HOOI sweeps; truncated SVD for
    linears), dual step D_l += W_l - Z_l, rho multiplied by `rho_growth` at every update.
 3. Hard decomposition of the projected tensor TuckerProj(W_l) (not of the raw W_l) into
-   1x1 -> k x k -> 1x1 convolutions (`rbench.layers.factorised.Tucker2Conv`; stride, padding and dilation
-   on the middle conv, the original bias on the last; BatchNorm layers stay where they were).
+   1x1 -> k x k -> 1x1 convolutions (`rbench.layers.factorised.Tucker2Conv`; stride, padding and
+   dilation on the middle conv, the original bias on the last; BatchNorm layers stay where they
+   were).
 4. BatchNorm statistics re-estimated on adversarial examples of the decomposed model.
 5. Adversarial fine-tuning of all factors (PGD-AT, cosine learning rate).
 
@@ -43,7 +40,7 @@ Z/D update per epoch of the ADMM phase (none when the phase is shorter than an e
 rho = 1e-3 growing x1.3 per update. "harness": `admm_updates` Z/D updates evenly spaced over the
 phase whatever its length, and a constant rho = 0.1 / lr (each SGD step closes about a tenth of
 the gap to Z - D). The paper's rho needs tens of updates to matter; within a small budget it
-only lets the dual pile up (`rho_schedule` gives the measurement).
+only lets the dual pile up (`rho_schedule`; docs/findings.md, "cstar").
 
 UNVERIFIED (methods.md 4(b), 4(c), 8): the rank rule (the paper's exact global criterion is not
 known; ours is the energy threshold of methods.md 4(b)), the ADMM form and schedule, rho0 = 1e-3
@@ -52,16 +49,8 @@ fine-tuning), no weight decay, the 50/50 budget split, and BatchNorm re-estimati
 rather than clean inputs (the dense model's statistics were gathered on adversarial inputs).
 
 Learning rate. Unlike the pruning methods, both variants keep the paper's 0.01 rather than the
-suite's `finetune_lr`: the factors of a product take larger effective steps than a single weight.
-Measured on mnist5k (5 AT-epochs, seed 0, quick protocol; 2-core x86_64 CPU, this dev box): at the
-suite's 0.05 the run collapses to chance at every ratio 2..32 (clean 8.8%), at 0.01 ratio 16
-scores clean 95.5%, AutoAttack 88.0% (`rbench run --method cstar --ratio 16 --opt lr=0.05` vs the
-default).
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), at lr 0.01 as above, AutoAttack % mean ± std
-at ratios 2/4/8/16/32: 93.3 ± 1.8, 93.7 ± 1.3, 92.8 ± 1.4, 89.8 ± 2.0, 43.3 ± 2.5. No seed lies
-far from the others (at 32: 40.5%, 45.0%, 44.5% for seeds 0, 1, 2).
+suite's `finetune_lr`: the factors of a product take larger effective steps than a single weight,
+and at mnist5k's 0.05 they diverge to chance at every ratio (docs/findings.md, "cstar").
 """
 
 from __future__ import annotations
@@ -146,10 +135,8 @@ def rho_schedule(cfg: CstarConfig) -> tuple[float, float]:
     """(rho at the start, growth per update). Paper: 1e-3 x 1.3, as RADMM's multi_rho, over 100
     epochs with an update each (rho reaches O(1) after ~25 updates). Harness: constant
     rho = 0.1 / lr, so each SGD step closes a tenth of the gap W - (Z - D) and ADMM converges
-    within the few hundred steps of a small budget; a tiny rho there only lets the dual pile up.
-    Measured (digits smallcnn after 15 PGD-AT epochs, ratio 8, 3 AT-epochs of ADMM, 3 updates;
-    2-core x86_64 CPU, this dev box): relative residual ||W - Z|| / ||W|| 0.879 -> 1.054 with
-    the paper's rho, 0.879 -> 0.070 with this one."""
+    within the few hundred steps of a small budget; a tiny rho there only lets the dual pile up
+    (the residuals of both: docs/findings.md, "cstar")."""
     paper = cfg.variant == "paper"
     rho = cfg.rho if cfg.rho is not None else (1e-3 if paper else 0.1 / cfg.lr)
     growth = cfg.rho_growth if cfg.rho_growth is not None else (1.3 if paper else 1.0)

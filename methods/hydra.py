@@ -18,38 +18,17 @@ The score layers are the shared `rbench.train.scores` mechanism.
 Paper defaults (code configs): 20 prune epochs + 100 fine-tune epochs, SGD momentum 0.9, weight
 decay 1e-4, TRADES (beta 6) in the released code path.
 Budget: the harness budget replaces the 20 + 100 epochs; the two phases keep their 20 : 100
-ratio (1/6 of the budget for the scores, the rest for fine-tuning; 0.5 + 2.5 AT-epochs at
-mnist5k v1's budget of 3, the v2 default being 5). Dense pretraining is the shared dense model
-(methods.md 7).
+ratio (1/6 of the budget for the scores, the rest for fine-tuning). Dense pretraining is the
+shared dense model (methods.md 7).
 Variants: "harness" trains both phases with the suite's PGD-AT loss; "paper" with TRADES
-(beta 6, the KL inner maximisation of rbench.train.trainer), charged at TRADES' cost, so it affords
-fewer epochs.
+(beta 6, the KL inner maximisation of rbench.train.trainer), charged at TRADES' cost, so it
+affords fewer epochs.
 
 Deviations and choices:
 - Per-layer counts are floor(N/B) distributed in proportion to layer size with the rounding
   remainder spread one weight per layer (`keep_counts(exact=True)`), so the model stores exactly
   floor(N/B) weights; HYDRA's `int((1 - k) * numel)` per layer stores a few more or fewer.
 - The attack runs in eval mode (the harness's protocol; also HYDRA's), the update in train mode.
-
-Against the paper's claim (HYDRA beats LWM = `magnitude` at high pruning rates), measured on
-mnist5k v1 (3 AT-epochs, fine-tuning at lr 0.01, before the suite was recalibrated;
-docs/findings.md) on a 2-core x86_64 CPU (this dev box): `compress` on mnist5k (dense: the
-suite's recipe, eps 0.1) at ratio 16 with 3 AT-epochs, seed 0, clean / PGD-7 accuracy on the 500
-validation images: hydra 0.470 / 0.340, magnitude 0.386 / 0.278. Same direction as the paper
-(one seed, one ratio), and so in the evaluated records of
-`rbench run --method M --ratio 16 -q --protocol quick` (mnist5k v1, seed 0, suite eps 0.1, 3
-AT-epochs; 2-core x86_64 CPU, this dev box), clean / PGD-40 / AutoAttack (APGD-CE + APGD-T,
-n=200) in %, geometric-mean condition number (over the numerical rank) from the record:
-    magnitude   35.1 / 20.5 / 14.5   kappa 7.34
-    hydra       46.1 / 33.0 / 27.0   kappa 6.84
-    radmm       39.4 / 25.0 / 19.5   kappa 7.92
-    tscnc       29.5 / 19.0 / 17.5   kappa 3.43
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 95.2 ± 0.6, 94.5 ± 1.0, 93.5 ± 0.0, 91.3 ± 0.8, 59.2 ± 8.4 (`magnitude`: 89.3 ± 2.1
-at 16, 43.0 ± 10.6 at 32). At 32 seed 0 scores 49.5% (clean 63.3%) against 63.0% and 65.0%
-for seeds 1 and 2.
 """
 
 from __future__ import annotations

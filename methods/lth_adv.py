@@ -25,6 +25,8 @@ Rewind points (`rewind_to`):
   they are fed back as the "original" ones): theta_r is the trained round-0 network, which is
   exactly the dense model the harness hands over (trained from init with the suite's recipe), so
   round 0 costs nothing here and the budget is split evenly over the R rounds.
+At mnist5k v1's budget only "round0_trained" found robust tickets: true LTH needs about R + 1
+full trainings (docs/findings.md, "lth-adv").
 
 Variants:
 - "harness": each round is a training from the rewind point, so it uses the suite's dense recipe
@@ -49,24 +51,6 @@ Deviations and choices:
   starts from); the paper's MLP used Glorot-uniform without biases.
 UNVERIFIED (methods.md): the constant Adam learning rate (no schedule is reported); the rewinding
 of biases and normalisation parameters with the weights (the paper's MLP has neither).
-
-Measured on mnist5k v1 (3 AT-epochs, before the suite was recalibrated; the harness rounds train
-with the suite's dense recipe, not its fine-tuning rate; docs/findings.md), seed 0, 13 rounds,
-with `rbench run --method lth-adv --ratio 16 -q --protocol quick [--opt ...]` (2-core x86_64 CPU,
-this dev box, one torch thread; clean / PGD-40 / AutoAttack-quick % on 200 test points):
-harness + init 10.9 / 11.5 / 8.5 (every round is 0.21 AT-epochs from scratch, validation
-accuracy never above 21%); harness + round0_trained 39.4 / 31.5 / 28.5; paper + init
-23.2 / 19.5 / 17.0; paper + round0_trained 76.2 / 62.0 / 56.5; for reference `magnitude`
-38.2 / 23.0 / 20.0 and the dense model 96.7 / 93.5 / 93.5. The paper's claim (iterative pruning
-with rewinding and AT finds sparse, robust subnetworks) shows only with rewinding to the trained
-round-0 weights here: true LTH (theta_0) needs about (R + 1) full trainings, and the v1 harness
-budget paid for less than a third of one.
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), harness variant with the default
-`rewind_to="init"`, AutoAttack % mean ± std at ratios 2/4/8/16/32: 67.0 ± 3.3, 57.7 ± 5.8,
-37.3 ± 2.8, 11.2 ± 3.8, 8.5 ± 0.0. From 16 every seed is near chance (clean 7.8-15.9%); at 4 seed
-0 scores 51.0% (clean 67.4%) against 61.5% and 60.5% for seeds 1 and 2.
 """
 
 from __future__ import annotations

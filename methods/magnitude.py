@@ -4,16 +4,18 @@ The "LWM" baseline of HYDRA (Sehwag et al., NeurIPS 2020, section 6.3 of methods
 of Sehwag et al. 2019: prune the adversarially trained dense model once to a uniform per-layer
 density 1/B by |w|, then fine-tune the survivors with the suite's adversarial loss.
 
+Algorithm (as implemented), from the suite's dense model:
+1. prune once: every Conv2d/Linear keeps its largest |w| at a uniform density 1/B, exactly
+   floor(N/B) weights in all (`rbench.layers.magnitude_masks`; `scope="global"`: one threshold
+   over the whole network instead);
+2. fine-tune the survivors with the variant's loss for the whole budget, the mask fixed
+   (gradients masked, pruned weights re-zeroed after every step).
+
 Paper defaults: fine-tune 100 epochs, SGD lr 0.01 cosine, momentum 0.9, wd 1e-4 (HYDRA code path).
 Harness variant: the same recipe compressed into the harness budget (all of `budget.epochs`), at
 the suite's fine-tuning rate (`Suite.finetune_lr`).
 The "paper" variant keeps HYDRA's TRADES loss; the "harness" variant uses the suite's PGD-AT loss.
 Same criterion as `lth-adv`, without rewinding or iteration: its natural control.
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 94.8 ± 1.2, 94.3 ± 0.3, 93.2 ± 1.3, 89.3 ± 2.1, 43.0 ± 10.6. No seed collapses; the
-spread at 32 is 41.0%, 33.5% and 54.5% for seeds 0, 1, 2 (clean 47.5%, 48.2%, 66.1%).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Savostianova, Zangrando, Ceruti, Tudisco, "Robust low-rank training via approxim
 constraints", NeurIPS 2023 (vol. 36, pp. 66064-66083), arXiv:2306.01485; code
 github.com/COMPiLELab/CondLR. Specification: methods.md section 5.
 
-Algorithm (as implemented): every Conv2d/Linear becomes W = U S V^T (`rbench.layers.factorised.USVConv`
-/ `USVLinear`; U n x r and V m x r with orthonormal columns, S a FULL r x r core; convs as the
-O x I*k*k matrix, run as r filters V^T then 1x1 convs S and U). One optimiser step (`CondLRSGD`):
+Algorithm (as implemented): every Conv2d/Linear becomes W = U S V^T
+(`rbench.layers.factorised.USVConv` / `USVLinear`; U n x r and V m x r with orthonormal columns,
+S a FULL r x r core; convs as the O x I*k*k matrix, run as r filters V^T then 1x1 convs S and
+U). One optimiser step (`CondLRSGD`):
 1. basis gradients projected and rescaled, G_U <- c (I - U U^T) G_U, G_V <- c (I - V V^T) G_V,
    c = (s_min(S) / s_max(S))^2 of the previous step's S (c = 1 at the start); G_S unprojected;
 2. SGD with momentum on every parameter (the buffer holds the projected gradient; no weight decay);
@@ -18,8 +19,8 @@ values equal); basis gradients divided by a0, the initial mean singular value.
 
 Ranks. The paper fixes a rank fraction, r_l = ceil((1 - cr) min(n_l, m_l)) for every layer but
 the last. Here the fraction is the largest one at which the model meets the requested PARAMETER
-ratio B (counting r*(n + m) + r*r per layer, `rbench.layers.ranks.fraction_ranks`), the leftover filled
-one rank at a time; `extra_metrics` records the ranks, the fraction f and the paper's
+ratio B (counting r*(n + m) + r*r per layer, `rbench.layers.ranks.fraction_ranks`), the leftover
+filled one rank at a time; `extra_metrics` records the ranks, the fraction f and the paper's
 cr = 1 - f. The last layer is a full-rank (r = min(n, m)) U S V^T layer trained with the same
 constrained optimiser (methods.md 5(b)); it stores more than the dense layer (1,200 weights for
 a 100 -> 10 linear), paid for by the others. Where that leaves too little (smallcnn at B = 64),
@@ -37,23 +38,15 @@ record (`native_metrics`).
 
 The paper's own init, from scratch, is `--opt init=random` (linear: truncated SVD of a
 Kaiming-uniform matrix; conv: random orthonormal U, V and S = diag(sorted |N(0, 1)|); biases at
-zero, every factorised conv given one; BatchNorm reset). On the BatchNorm-free smallcnn at the
-ranks of B = 16 it did not train within mnist5k v1's budget (3 AT-epochs, before the suite was
-recalibrated; docs/findings.md): each rank-r layer passes about r/m of its input energy, the
-logits' standard deviation falls to 2e-4, and the paper variant scored 8.8% clean
-(`rbench run --method orth-lowrank --ratio 16 --protocol quick --opt variant=paper
---opt init=random`; 2-core x86_64 CPU, this dev box).
+zero, every factorised conv given one; BatchNorm reset). It is not the default: on the
+BatchNorm-free smallcnn it did not train within mnist5k v1's budget (docs/findings.md,
+"orth-lowrank").
 
 Deviations: (S, U, V) are conditioned once at initialisation too, so the constraint holds from the
 first forward pass; conv layers run as three convolutions, not F.unfold (methods.md 5(f)); the
 paper's per-architecture optimiser settings (VGG16 lr 0.05 / momentum 0.45, WRN 0.08 / 0.5) are
 not switched automatically: pass them with --opt. UNVERIFIED: whether the paper's "c.r." counts
 ranks or parameters (the code counts ranks; methods.md 5(d)); harness lr and momentum.
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 95.3 ± 0.3, 94.2 ± 0.6, 95.8 ± 1.0, 83.0 ± 4.6, 41.7 ± 1.8. No seed lies far from
-the others (at 16: 79.0%, 82.0%, 88.0% for seeds 0, 1, 2).
 """
 
 from __future__ import annotations

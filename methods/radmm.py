@@ -10,8 +10,9 @@ Algorithm (methods.md 6.2), starting from the suite's PGD-AT dense model (the pa
    U_0 = 0); the learning rate restarts at each update and drops x0.1 every third of a period;
 3. hard prune: mask_l = support of Proj_l(W_l);
 4. masked PGD-AT retraining (gradients masked, pruned weights re-zeroed after every step);
-5. `structure="filter"` only: the pruned filters leave the model (`rbench.layers.structured.KeptFilters`
-   stores and computes only the kept ones), so the MACs count falls with them.
+5. `structure="filter"` only: the pruned filters leave the model
+   (`rbench.layers.structured.KeptFilters` stores and computes only the kept ones), so the MACs
+   count falls with them.
 The ADMM state is the shared, projection-generic `rbench.train.admm.ADMM` (CSTAR uses it too).
 
 Defaults are the authors' code (verified, config.yaml.example / admm.py / adv_main.py): rho 1e-3,
@@ -22,28 +23,8 @@ Budget: the harness's budget replaces the paper's 200 + 200 epochs; both phases 
 same factor (ADMM : retrain = admm_epochs : retrain_epochs) and the number of Z-updates
 (admm_epochs / admm_epoch = 10) is kept, so at a 3-epoch budget (mnist5k v1's) a Z-update
 happens every 0.15 epochs. The dense PGD-AT pretraining is the shared dense model (methods.md 7).
-rho stays the paper's 1e-3 although the rounds are far shorter, so at the harness budget
-(measured at v1's 3 AT-epochs) the penalty barely moves W and RADMM acts as magnitude pruning
-after extra PGD-AT. Measured on mnist5k v1 (3 AT-epochs, fine-tuning at lr 0.01, before the
-suite was recalibrated; docs/findings.md; 2-core x86_64 CPU, this dev box): `compress` on
-mnist5k (dense: the suite's recipe, eps 0.1) at ratio 16 with 3 AT-epochs, seed 0, clean / PGD-7
-accuracy on the 500 validation images:
-    magnitude                                      0.386 / 0.278
-    radmm, rho 1e-3 (default)                      0.402 / 0.270
-    radmm, rho scaled x(paper steps / own steps)   0.080 / 0.080  (about 0.95 -> 10)
-    radmm, rho 3, 4 Z-updates                      0.378 / 0.258
-    radmm, rho 10, 1 Z-update                      0.304 / 0.202  (W-Z residual 0.04)
-Scaling rho so each short round pulls as hard as a paper round makes the scaled dual U
-outgrow W: the support of Z flips between rounds (||W - Z|| / ||W|| ~ 1) and the hard prune
-keeps sign-flipped weights. A stronger, converged ADMM (last row) spends budget that masked
-retraining then lacks. Hence the paper's rho. Evaluated records of
-`rbench run --method M --ratio 16 -q --protocol quick` (mnist5k v1, seed 0, suite eps 0.1, 3
-AT-epochs; 2-core x86_64 CPU, this dev box), clean / PGD-40 / AutoAttack (APGD-CE + APGD-T,
-n=200) in %, geometric-mean condition number (over the numerical rank) from the record:
-    magnitude   35.1 / 20.5 / 14.5   kappa 7.34
-    hydra       46.1 / 33.0 / 27.0   kappa 6.84
-    radmm       39.4 / 25.0 / 19.5   kappa 7.92
-    tscnc       29.5 / 19.0 / 17.5   kappa 3.43
+rho stays the paper's 1e-3 although the rounds are far shorter: on mnist5k v1 a larger rho, scaled
+to the short rounds or converging ADMM, did worse (docs/findings.md, "radmm").
 
 Variants: "harness" generates the training attack in eval mode (the suite's protocol); "paper"
 generates it in train mode, as the authors' code does (methods.md 0.3, pitfall 1). On models
@@ -64,13 +45,6 @@ Deviations and choices:
   are entirely zero. `exact=False` keeps whole filters only (stores slightly fewer).
 - Biases of removed filters are kept (not counted by the harness; a removed filter then outputs
   a constant, which the next layer absorbs).
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 94.2 ± 1.8, 94.0 ± 1.0, 93.7 ± 3.2, 90.8 ± 1.0, 69.0 ± 22.2. At 32 seed 0 scores
-43.5% (clean 56.3%, flagged for zero gradients) against 83.5% and 80.0% (also flagged) for seeds
-1 and 2. The filter variant (`--opt structure=filter`, seed 0 only) scores 91.5% at 4 and 8.0%
-at 16 (clean 8.8%, flagged).
 """
 
 from __future__ import annotations

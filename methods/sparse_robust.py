@@ -26,8 +26,8 @@ Variants: "harness" trains with the suite's PGD-AT loss; "paper" with natural cr
 the paper (an analysis of naturally trained sparse nets: no adversarial training), charged at
 natural cost, so it affords (k+1) times more epochs. Both start from the harness's adversarially
 trained dense model; the paper pruned a naturally trained one.
-The record carries the paper's own measures (rbench.evaluate.native): rho_2 under DeepFool and C&W L2,
-and FGSM accuracy at small eps.
+The record carries the paper's own measures (rbench.evaluate.native): rho_2 under DeepFool and
+C&W L2, and FGSM accuracy at small eps.
 
 Paper defaults: gamma 1e-4, power 1, iter_stop 14,000 (DNS MNIST example); SGD as in the base
 model's Caffe solver (lr 0.01, momentum 0.9, weight decay 5e-4: UNVERIFIED for this paper).
@@ -40,32 +40,6 @@ Deviations and choices: biases are not masked (DNS masks them too; the ratio cou
 only); thresholds use weights only; per-layer c_rate calibration and the exact cut above;
 UNVERIFIED (methods.md): the paper's solver, model list, attack settings, and whether it used
 DNS or Han et al.'s iterative pruning for every model.
-
-Measured on mnist5k v1 (3 AT-epochs, fine-tuning at lr 0.01, before the suite was recalibrated;
-docs/findings.md), seed 0, with
-`rbench run --method sparse-robust --ratio B -q --protocol quick [--opt variant=paper]`
-(2-core x86_64 CPU, this dev box, one torch thread; clean / PGD-40 / AutoAttack-quick % on 200
-test points; rho_2 by DeepFool / C&W on the first 100 points):
-  dense (the AT model)   96.7 / 93.5 / 93.5   rho_2 0.285 / 0.228
-  paper,   B = 2         96.8 / 87.0 / 87.0   rho_2 0.243 / 0.200
-  paper,   B = 4         96.9 / 86.5 / 86.5   rho_2 0.238 / 0.199
-  paper,   B = 8         96.1 / 86.0 / 84.5   rho_2 0.241 / 0.199
-  paper,   B = 16        96.0 / 84.5 / 84.0   rho_2 0.213 / 0.183
-  paper,   B = 32        94.7 / 80.5 / 80.0   rho_2 0.193 / 0.181
-  harness, B = 16        48.9 / 38.5 / 31.0   rho_2 0.141 / 0.125
-(`magnitude` at B = 16: 38.2 / 23.0 / 20.0.) Against the paper's claim (robustness rises with
-moderate sparsity, then falls): from this adversarially trained reference, rho_2 is flat from
-B = 2 to 8 and falls beyond, with no rise; natural retraining costs some of the dense model's
-robustness at every B. The paper's setting (a naturally trained reference) is not what the
-harness hands over, so this is not a test of the claim itself. At v1 the harness variant's 3
-AT-epochs at lr 0.01 did not recover the heavy first cut at B = 16; the paper variant's 24
-natural epochs did.
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 94.7 ± 0.3, 66.0 ± 50.2, 92.0 ± 1.0, 92.8 ± 1.8, 84.2 ± 6.0. The spread at 4 is
-seed 2, which collapsed to chance (clean 8.8%, AutoAttack 8.0%, flagged for zero gradients;
-docs/findings.md has the rerun) while seeds 0 and 1 score 95.0% each.
 """
 
 from __future__ import annotations

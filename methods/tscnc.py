@@ -43,40 +43,8 @@ the suite's PGD-AT.
 The record's `extra_metrics` carry the geometric-mean and per-layer condition numbers of the
 pruned layers before fine-tuning and after (kappa over the numerically nonzero spectrum).
 
-lambda_c = 0.1 lies above methods.md's suggested 1e-4..1e-2 because at the v1 harness budget
-1e-2 barely moved kappa. Measured on mnist5k v1 (3 AT-epochs, fine-tuning at lr 0.01, before the
-suite was recalibrated; docs/findings.md; 2-core x86_64 CPU, this dev box, loaded by other
-jobs): `compress` on mnist5k's smallcnn (dense: the suite's recipe, 10 epochs PGD-7 AT, eps 0.1;
-val clean 0.954, PGD-7 0.896) at ratio 16 with 3 AT-epochs, seed 0, then clean / PGD-7 accuracy
-on the 500 validation images (`ctx.accuracy`, `ctx.robust_accuracy`) and the geometric-mean
-kappa over the 5 layers:
-    magnitude            0.386 / 0.278   kappa 7.29
-    tscnc lambda_c=0     0.294 / 0.218   kappa 7.43   (TSC only)
-    tscnc lambda_c=0.01  0.300 / 0.214   kappa 6.14
-    tscnc lambda_c=0.1   0.300 / 0.206   kappa 3.46
-    tscnc lambda_c=1     0.162 / 0.094   kappa 1.68
-So the conditioning term does what it is for (kappa halved at 0.1 for about one point of PGD
-accuracy against TSC alone), but on mnist5k v1, at that budget and ratio, the TSC phase cost
-accuracy and tscnc did not beat `magnitude` in PGD accuracy on validation. The evaluated records
-of `rbench run --method M --ratio 16 -q --protocol quick` (mnist5k v1, seed 0, suite eps 0.1, 3
-AT-epochs; 2-core x86_64 CPU, this dev box), clean / PGD-40 / AutoAttack (APGD-CE + APGD-T,
-n=200) in %, geometric-mean condition number (over the numerical rank) from the record:
-    magnitude   35.1 / 20.5 / 14.5   kappa 7.34
-    hydra       46.1 / 33.0 / 27.0   kappa 6.84
-    radmm       39.4 / 25.0 / 19.5   kappa 7.92
-    tscnc       29.5 / 19.0 / 17.5   kappa 3.43
-show the same halving of kappa; AutoAttack is 3 points above magnitude and clean accuracy
-6 points below, inside each other's 95% intervals: no evidence either way for the paper's claim
-at this ratio and the v1 budget (one seed).
-
-On mnist5k v2 (the committed leaderboard: 5 AT-epochs, quick protocol, seeds 0-2,
-`make leaderboard-runs`; 2-core x86_64 CPU, no GPU), AutoAttack % mean ± std at ratios
-2/4/8/16/32: 95.5 ± 0.5, 95.3 ± 0.8, 92.8 ± 1.3, 76.2 ± 24.8, 49.3 ± 36.1. The spread at 16 and
-32 is seed 0, far below the others at both (16: clean 59.3%, AutoAttack 47.5%; 32: clean 12.7%,
-AutoAttack 8.5%; both flagged for zero gradients); seeds 1 and 2 score 91.0% and 90.0% at 16,
-77.0% and 62.5% at 32. Reruns of seed 0 at 16 (docs/findings.md, "Collapsed seeds"): lambda_c =
-0 / 0.01 / 0.1 give AutoAttack 48.5 / 48.5 / 47.5% and geometric-mean kappa 19.6 / 8.2 / 3.5, so
-the conditioning term lowers kappa at no robustness cost and is not what collapses that seed.
+lambda_c = 0.1 lies above methods.md's suggested 1e-4..1e-2 because at mnist5k v1's budget 1e-2
+barely moved kappa (docs/findings.md, "tscnc").
 """
 
 from __future__ import annotations

@@ -60,4 +60,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("error: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-

@@ -1,2 +1,2 @@
-"""The vocabulary every stage shares: errors, suites (data, model, threat model, recipes,
-protocols), the method interface and registry, the budget with its ratio and compute accounting, PGD."""
+"""The vocabulary every stage shares: suites (datasets, threat model, recipes, protocols), the
+method interface and registry, the budget (ratio, MACs, compute meter), PGD, the run config."""

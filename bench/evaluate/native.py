@@ -13,12 +13,8 @@ Metrics (Guo et al., NeurIPS 2018, section 2 of methods.md; their exact settings
 The harness's settings (SETTINGS below; the paper's are UNVERIFIED) keep an evaluation bounded in
 time: at most 100 points; DeepFool 50 steps, overshoot 0.02, 10 candidate classes (the standard
 setting); C&W 5 binary-search steps x 200 Adam steps (step 0.05, initial constant 1) instead of the
-standard 9 x 1000 (step 0.01, constant 1e-3). Measured on a digits smallcnn after 3 epochs of PGD-AT
-(the tests' fixture model; 100 test points, 64 correctly classified; 2-core x86_64 CPU, this dev
-box, shared with other jobs): the harness C&W found all 64 with rho_2 0.1174 in 13 s, the standard
-setting all 64 with rho_2 0.1172 in 83 s; DeepFool gave rho_2 0.1206 in 1 s. On the mnist5k dense
-model (99 of 100 points correct) all three metrics took 186 s with one torch thread on the same
-loaded box (DeepFool rho_2 0.285, C&W rho_2 0.228, both 100% success). Everything runs in eval
+standard 9 x 1000 (step 0.01, constant 1e-3): on a test model it finds the same points at nearly
+the same rho_2 in a fraction of the time (docs/findings.md, "harness"). Everything runs in eval
 mode, fp32, inputs in [0, 1] with foolbox bounds (0, 1).
 """
 

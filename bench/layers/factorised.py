@@ -190,8 +190,7 @@ def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
 
 def _leading(matrix: torch.Tensor, r: int) -> torch.Tensor:
     """Top-r left singular vectors, from the eigenvectors of the smaller Gram matrix in float64:
-    LAPACK's SVD with vectors of a 512 x 4608 matrix took 17-28 s on this 2-core CPU, the
-    Gram eigh about 1 s (torch 2.14, measured while writing this)."""
+    much faster than LAPACK's SVD with vectors on a CPU (docs/findings.md, "harness")."""
     a = matrix.double()
     if a.shape[0] > a.shape[1]:
         q, rr = torch.linalg.qr(a)

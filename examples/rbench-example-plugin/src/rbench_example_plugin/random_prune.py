@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from rbench.core.budget import Budget, compressible_layers
-from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
 from rbench.core.registry import Method, MethodConfig
+from rbench.layers import apply_masks, keep_counts, mask_gradients, reapply_masks, top_k_mask
 from rbench.train.trainer import StepHooks
 
 
