@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rbench.core.config import RunConfig, default_cache_dir
 from rbench.core.errors import RbenchError
+from rbench.core.registry import nondefault
 from rbench.core.suites import Suite, get_suite, register_suite
 from rbench.runner import Runner
 from rbench.store.cache import atomic_write_json, content_hash
@@ -63,6 +64,8 @@ def existing_record(base: RunConfig, job: Job) -> str | None:
     protocol = suite.protocol(base.protocol).name
     epochs = suite.compress_epochs if base.epochs is None else float(base.epochs)
     folder = record_folder(base.results_dir, suite.name, job.method)
+    # the options the job would run with: none, or the tuned rate (--tuning)
+    expected = nondefault(Runner(replace(base, method=job.method, ratio=job.ratio)).config)
     for path in sorted(folder.glob(f"{record_stem('harness', job.ratio, job.seed)}*.json")):
         try:
             r = json.loads(path.read_text(encoding="utf-8"))
@@ -70,7 +73,7 @@ def existing_record(base: RunConfig, job: Job) -> str | None:
                 r["suite"]["version"] == suite.version
                 and r["protocol"]["name"] == protocol
                 and float(r["budget"]["epochs"]) == epochs
-                and not r["method"]["config_nondefault"]
+                and r["method"]["config_nondefault"] == expected
             ):
                 return str(path)
         except (OSError, ValueError, KeyError, TypeError):

@@ -66,6 +66,7 @@ class Hydra(Method):
         "NeurIPS 2020"
     )
     Config = HydraConfig
+    tuned = ("finetune_lr",)  # the fine-tuning rate(s) `rbench tune` sets
     variants = ("harness", "paper")
 
     @property

@@ -104,6 +104,11 @@ class LTHAdv(Method):
     Config = LTHAdvConfig
     variants = ("harness", "paper")
 
+    @classmethod
+    def default_rate(cls, suite) -> float:
+        """The harness rounds train with the suite's dense recipe, so its rate is the default."""
+        return suite.dense.lr
+
     def check(self, model: nn.Module, budget: Budget) -> None:
         if not 0 < self.config.rate < 1:
             raise RbenchError(f"lth-adv: rate must be in (0, 1), got {self.config.rate}")

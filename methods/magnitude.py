@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 from rbench.core.budget import Budget
@@ -52,12 +53,15 @@ class Magnitude(Method):
     variants = ("harness", "paper")
 
     def check(self, model: nn.Module, budget: Budget) -> None:
-        magnitude_masks(model, budget.ratio, scope=self.config.scope)
+        self.masks(model, budget.ratio, None)
+
+    def masks(self, model: nn.Module, ratio: float, ctx) -> dict[str, torch.Tensor]:
+        """Step 1: keep exactly floor(N / ratio) weights, the largest |w|."""
+        return magnitude_masks(model, ratio, scope=self.config.scope)
 
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         cfg = self.config
-        masks = magnitude_masks(model, budget.ratio, scope=cfg.scope)
-        apply_masks(model, masks)
+        apply_masks(model, self.masks(model, budget.ratio, ctx))
         loss = "trades" if cfg.variant == "paper" else "adv"
         ctx.fit_sgd(
             model,

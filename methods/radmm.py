@@ -149,6 +149,7 @@ class RADMM(Method):
         "or Both?, ICCV 2019"
     )
     Config = RADMMConfig
+    tuned = ("admm_lr", "retrain_lr")  # the fine-tuning rate(s) `rbench tune` sets
     variants = ("harness", "paper")
 
     def plan(self, model: nn.Module, ratio: float) -> dict[str, int]:

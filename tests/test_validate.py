@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from rbench.core.budget import compressible_layers
 from rbench.core.suites import get_suite
@@ -16,11 +17,23 @@ from rbench.data.models import build_model
 from rbench.evaluate.accuracy import wilson_interval
 from rbench.report import validate as val
 from rbench.store.cache import content_hash
-from rbench.store.records import validate_record
+from rbench.evaluate.curves import curve_entry
+from rbench.store.points import points_entry
+from rbench.store.records import SCHEMA_ID, validate_record
 
 
 def _acc(k: int, n: int, **extra) -> dict:
     return {"accuracy": k / n, "correct": k, "n": n, "ci95": list(wilson_interval(k, n)), **extra}
+
+
+def _first(k: int, n: int = 100) -> torch.Tensor:
+    return torch.arange(n) < k
+
+
+def _curve() -> dict:
+    """A security curve of 100 points whose minimal norms make it agree with the counts."""
+    norms = torch.cat([torch.zeros(9), torch.linspace(0.05, 0.3, 91)])
+    return curve_entry(norms, get_suite("digits").threat)
 
 
 def valid_record() -> dict:
@@ -37,7 +50,7 @@ def valid_record() -> dict:
     config = {"variant": "harness", "scope": "layer", "lr": 0.01}
     cache = {"dense": "0123456789abcdef", "compress": "1111111111111111", "evaluate": "2" * 16}
     return {
-        "schema": "rbench.record/1",
+        "schema": SCHEMA_ID,
         "run_id": content_hash({"compress": cache["compress"], "evaluate": cache["evaluate"]}),
         "created": "2025-01-01T00:00:00+00:00",
         "suite": {
@@ -71,13 +84,20 @@ def valid_record() -> dict:
             "clean_eval_points": _acc(91, 100),
             "pgd": _acc(66, 100),
             "autoattack": _acc(59, 100),
+            "points": points_entry(
+                100, {"clean": _first(91), "pgd": _first(66), "autoattack": _first(59)}
+            ),
+            "security_curve": _curve(),
         },
+        "dense": {"source": "trained"},
+        "tuning": None,
         "flags": {},
         "unreliable": False,
         "cache": cache,
         "environment": {"rbench": "0.1.0", "torch": "2", "pyautoattack": "0.2.0"},
         "hashes": {
-            "dense": cache["dense"],
+            "dense": "cd" * 32,
+            "dense_stage_key": cache["dense"],
             "compressed": "ab" * 32,
             "config": content_hash(config),
         },
@@ -128,9 +148,17 @@ PROBLEMS = [
     ("missing flag", _set("metrics.autoattack", _acc(70, 100)), "'autoattack_above_pgd'"),
     ("unreliable", _set("unreliable", True), "'unreliable' is true"),
     ("compute over budget", _set("compute.used_epochs", 1.2), "AT-epochs of a 1 budget"),
-    ("hash absent", _set("hashes.compressed", None), "'compressed' must be a 64-digit"),
+    ("hash absent", _set("hashes.compressed", None), "at hashes/compressed"),
     ("config hash", _set("method.config.lr", 0.1), "not the hash of method.config"),
     ("run id", _set("run_id", "f" * 16), "run_id does not match"),
+    ("points vs counts", _set("metrics.pgd", _acc(65, 100)), "pgd marks 66 points correct"),
+    ("points not base64", _set("metrics.points.pgd", "QUJD"), "not the base64 of 100 points"),
+    (
+        "robust but wrong",
+        _set("metrics.points.autoattack", points_entry(100, {"a": ~_first(41)})["a"]),
+        "autoattack-robust but not clean-correct",
+    ),
+    ("curve rises", _set("metrics.security_curve.accuracy", [0.5] + [0.6] * 20), "rises with eps"),
 ]
 
 
@@ -163,7 +191,7 @@ def test_cli_exit_codes_and_one_line_per_problem(tmp_path, cli):
 
     bad_record = valid_record()
     _raise_stored(bad_record)
-    bad_record["hashes"]["dense"] = ""
+    bad_record["hashes"]["config"] = ""
     bad = _write(tmp_path / "bad.json", json.dumps(bad_record))
     code, out, _ = cli("validate", str(tmp_path))
     assert code == 2
@@ -171,7 +199,7 @@ def test_cli_exit_codes_and_one_line_per_problem(tmp_path, cli):
     assert f"{good}: ok" in lines and f"{bad}: ok" not in lines
     bad_lines = [line for line in lines if line.startswith(f"{bad}: ")]
     assert any("< requested 4" in line for line in bad_lines)
-    assert any("'dense' must be a 16-digit" in line for line in bad_lines)
+    assert any("'config' must be a 16-digit" in line for line in bad_lines)
     assert lines[-1] == "2 record(s) checked, 1 with problems"
 
 

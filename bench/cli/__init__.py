@@ -16,7 +16,7 @@ import click
 from rbench import __version__
 from rbench.cli.inspect import diagnose, list_
 from rbench.cli.publish import check, leaderboard, validate
-from rbench.cli.run import run, sweep
+from rbench.cli.run import run, sweep, tune
 from rbench.core.errors import RbenchError
 
 
@@ -38,7 +38,7 @@ def cli() -> None:
     """
 
 
-for _command in (run, sweep, list_, diagnose, leaderboard, validate, check):
+for _command in (run, sweep, tune, list_, diagnose, leaderboard, validate, check):
     cli.add_command(_command)
 
 

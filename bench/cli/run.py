@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rbench.core.config import RunConfig, parse_opts, parse_shard
+from rbench.core.errors import RbenchError
 from rbench.core.suites import DEFAULT_SUITE
 from rbench.report.tables import result_table
 
@@ -80,6 +81,13 @@ from rbench.report.tables import result_table
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result row.")
 @click.option(
+    "--tuning",
+    default=None,
+    metavar="DIR",
+    help="Apply the fine-tuning rate `rbench tune` chose (DIR/<suite>/<method>.json), "
+    "e.g. leaderboard/tuning.",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -100,6 +108,7 @@ def run(
     results_dir,
     cache_dir,
     quiet,
+    tuning,
     shard,
 ) -> None:
     """Compress a suite's dense model with METHOD at RATIO and evaluate it."""
@@ -120,6 +129,7 @@ def run(
         cache_dir=cache_dir,
         quiet=quiet,
         shard=parse_shard(shard),
+        tuning=tuning,
     )
     record = Runner(cfg).run()
     if "_shard" in record:
@@ -133,7 +143,60 @@ def run(
     flags = record["flags"]
     if flags:
         click.echo("flags: " + "; ".join(f"{k}: {v}" for k, v in flags.items()))
+    outcome = [k for k in ("collapsed", "diverged") if k in flags]
+    if outcome:  # a real result, so exit code 0, but one line a reader cannot miss
+        click.echo(
+            f"warning: this run {' and '.join(outcome)}; its record says so and the leaderboard "
+            "marks it",
+            err=True,
+        )
     click.echo(f"record: {record['_path']}")
+
+
+@click.command()
+@click.option("--method", "-m", required=True, help="Method whose fine-tuning rate to choose.")
+@click.option("--suite", "-s", default=DEFAULT_SUITE, show_default=True)
+@click.option("--ratio", "-r", default=16.0, show_default=True, type=float, help="Ratio tuned at.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed tuned at.")
+@click.option(
+    "--multiples",
+    default="0.2,0.4,1",
+    show_default=True,
+    help="The grid: multiples of the method's default rate.",
+)
+@click.option(
+    "--out", default="leaderboard/tuning", show_default=True, help="Folder of tuning records."
+)
+@click.option("--epochs", type=float, default=None, help="Compute budget (default: the suite's).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--data-root", default=None)
+@click.option("--cache-dir", default=None)
+@click.option("--quiet", "-q", is_flag=True)
+def tune(method, suite, ratio, seed, multiples, out, epochs, device, data_root, cache_dir, quiet):
+    """Choose METHOD's fine-tuning rate by the declared rule, on the validation split."""
+    from rbench.tune import tune as run_tune
+
+    try:
+        grid = tuple(float(m) for m in multiples.split(","))
+    except ValueError:
+        raise RbenchError(f"--multiples takes comma-separated numbers, got '{multiples}'") from None
+    if not grid or not all(0 < m < 1e3 for m in grid):
+        raise RbenchError("--multiples must be positive numbers below 1000")
+    base = RunConfig(
+        method=method,
+        ratio=ratio,
+        suite=suite,
+        seed=seed,
+        device=device,
+        data_root=data_root,
+        epochs=epochs,
+        cache_dir=cache_dir,
+        quiet=quiet,
+    )
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    record = run_tune(base, out, grid, say=say)
+    rows = ", ".join(f"{p['value']:g}: {100 * p['val_pgd']:.1f}%" for p in record["grid"])
+    click.echo(f"{method}: chose {record['chosen']:g} (validation PGD {rows})")
 
 
 @click.command()
@@ -149,6 +212,8 @@ def run(
     help="submitit executor: local processes, Slurm jobs, or in-process (debug).",
 )
 @click.option("--protocol", default=None, help="Evaluation protocol (default: the suite's).")
+@click.option("--epochs", type=float, default=None, help="Compute budget (default: the suite's).")
+@click.option("--tuning", default=None, metavar="DIR", help="Apply `rbench tune`'s choices.")
 @click.option("--data-root", default=None)
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--cache-dir", default=None)
@@ -168,6 +233,8 @@ def sweep(
     suite,
     executor,
     protocol,
+    epochs,
+    tuning,
     data_root,
     results_dir,
     cache_dir,
@@ -186,6 +253,8 @@ def sweep(
         ratio=1,
         suite=suite,
         protocol=protocol,
+        epochs=epochs,
+        tuning=tuning,
         data_root=data_root,
         results_dir=results_dir,
         cache_dir=cache_dir,

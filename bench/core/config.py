@@ -34,6 +34,7 @@ class RunConfig:
     cache_dir: str | None = None
     quiet: bool = False
     shard: tuple[int, int] | None = None  # (i, n): compute only AutoAttack chunk i of every n
+    tuning: str | None = None  # folder of tuning records (rbench tune) whose choice to apply
 
 
 @dataclass

@@ -27,8 +27,10 @@ class PGD:
         generator: torch.Generator | None = None,
         loss: str = "ce",
     ) -> torch.Tensor:
-        """Adversarial examples of x, detached. `loss` is "ce" or "kl" (TRADES' inner maximisation,
-        against the model's clean prediction). The caller chooses the model's mode."""
+        """Adversarial examples of x, detached. `loss` is "ce", "kl" (TRADES' inner maximisation,
+        against the model's clean prediction) or "margin" (Carlini & Wagner's logit margin
+        max_{j != y} z_j - z_y, which saturates nowhere: the gradient-masking cross-check). The
+        caller chooses the model's mode."""
         if self.eps == 0 or self.steps == 0:
             return x.detach()
         with torch.no_grad():
@@ -39,6 +41,10 @@ class PGD:
             logits = model(x + delta)
             if loss == "kl":
                 objective = F.kl_div(F.log_softmax(logits, 1), target, reduction="sum")
+            elif loss == "margin":
+                true = logits.gather(1, y[:, None]).squeeze(1)
+                other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -torch.inf)
+                objective = (other.amax(1) - true).sum()
             else:
                 objective = F.cross_entropy(logits, y, reduction="sum")
             (grad,) = torch.autograd.grad(objective, delta)

@@ -49,6 +49,26 @@ class Method:
     variants: ClassVar[tuple[str, ...]] = ("harness",)
     # paper-native robustness metrics the evaluator adds to the record (see rbench.evaluate.native)
     native_metrics: ClassVar[tuple[str, ...]] = ()
+    # the config fields that hold the fine-tuning rate, set together by `rbench tune` (None: the
+    # field "lr" where the config has one, else nothing to tune)
+    tuned: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def default_rate(cls, suite) -> float | None:
+        """The fine-tuning rate the harness variant uses when none is set: the tuned field's
+        default, or the suite's `finetune_lr` where that default is None."""
+        fields = cls.tuned_fields()
+        if not fields:
+            return None
+        default = getattr(cls.Config(), fields[0])
+        return suite.finetune_lr if default is None else default
+
+    @classmethod
+    def tuned_fields(cls) -> tuple[str, ...]:
+        if cls.tuned is not None:
+            return cls.tuned
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        return ("lr",) if "lr" in names else ()
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

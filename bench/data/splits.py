@@ -47,7 +47,7 @@ class DataSplits:
     info: DatasetInfo
     train: Split
     val: Split
-    test: Split
+    test: Split | None  # None in what a method is lent: model selection never reads the test split
 
 
 class BatchLoader:

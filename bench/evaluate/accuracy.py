@@ -82,8 +82,10 @@ def pgd_correct(
     device,
     seed: int = 0,
     batch_size: int = 500,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """Per point: still correct after every restart of PGD (worst case over restarts)."""
+    """Per point: still correct after every restart of PGD (worst case over restarts), with the
+    cross-entropy (the protocol's PGD) or the margin loss (the masking cross-check)."""
     model.eval()
     attack = spec.pgd(threat)
     gen = torch.Generator().manual_seed(seed)
@@ -91,7 +93,7 @@ def pgd_correct(
     def per_batch(x, y):
         correct = model(x).argmax(1) == y
         for _ in range(spec.restarts):
-            x_adv = attack.perturb(model, x, y, generator=gen)
+            x_adv = attack.perturb(model, x, y, generator=gen, loss=loss)
             with torch.no_grad():
                 correct &= model(x_adv).argmax(1) == y
         return correct
@@ -201,6 +203,53 @@ def eps_monotonicity(
     return out
 
 
+def _significantly_more(
+    a: torch.Tensor, b: torch.Tensor, alpha: float = 0.01
+) -> tuple[int, int, bool]:
+    """Points robust under `a` only, under `b` only, and whether the first count is significantly
+    larger (exact one-sided binomial test on the points the two attacks disagree about)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a == 0:
+        return only_a, only_b, False
+    return (
+        only_a,
+        only_b,
+        binomtest(only_a, only_a + only_b, 0.5, alternative="greater").pvalue < alpha,
+    )
+
+
+MASKING_GAP = 0.05  # a gap in robust accuracy this large (and significant) between two attacks
+FLAT_SHARE = 0.8  # accuracy at 4 x eps above this share of that at eps: robustness flat in eps
+
+
+def masking_flags(
+    pgd: torch.Tensor, pgd_margin: torch.Tensor, aa: torch.Tensor, sweep: dict[str, float]
+) -> dict[str, str]:
+    """Symptoms of gradient masking that AutoAttack's own checks do not raise: PGD much weaker
+    under cross-entropy than under the margin loss, or than AutoAttack (a PGD column that
+    misleads), and robust accuracy that does not fall as eps grows to 4 x (design.md 5)."""
+    flags, n = {}, max(len(pgd), 1)
+    for name, other, label in (
+        ("pgd_masked_by_loss", pgd_margin, "PGD with the margin loss"),
+        ("pgd_far_above_autoattack", aa, "AutoAttack"),
+    ):
+        only_ce, only_other, significant = _significantly_more(pgd, other)
+        if significant and (only_ce - only_other) / n >= MASKING_GAP:
+            flags[name] = (
+                f"PGD (cross-entropy) leaves {only_ce} points robust that {label} breaks, against "
+                f"{only_other}: gradient masking; read AutoAttack, not PGD"
+            )
+    at_eps, at_4 = sweep.get("1x"), sweep.get("4x")
+    if at_eps is not None and at_4 is not None and at_eps >= 0.1 and at_4 > FLAT_SHARE * at_eps:
+        flags["accuracy_flat_in_eps"] = (
+            f"PGD-10 accuracy {at_4:.3f} at 4 x eps against {at_eps:.3f} at eps: robustness that "
+            "does not fall with eps is a sign of gradient masking"
+        )
+    return flags
+
+
 def sanity_flags(clean_points: float, pgd: float, aa: float, sweep: dict[str, float]) -> dict:
     """design.md 5's checks on one evaluation (AutoAttack's own checks are added by the caller)."""
     flags = {}
@@ -225,4 +274,7 @@ UNRELIABLE = {
     "aa_dynamic_model",
     "robust_above_clean",
     "accuracy_rises_with_eps",
+    "accuracy_flat_in_eps",
 }
+# flags that say the PGD column misleads while AutoAttack (the ranking number) is not fooled:
+# "pgd_masked_by_loss", "pgd_far_above_autoattack" (masking_flags)

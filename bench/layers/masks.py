@@ -108,7 +108,8 @@ def magnitude_masks(
     score = score or (lambda m: m.weight.detach().abs())
     dense = set(dense)
     if scope == "layer":
-        counts = keep_counts({p: m.weight.numel() for p, m in layers.items()}, ratio, dense)
+        sizes = {p: m.weight.numel() for p, m in layers.items()}
+        counts = keep_counts(sizes, ratio, dense, exact=True)  # exactly floor(N / ratio)
         return {p: top_k_mask(score(m), counts[p]) for p, m in layers.items()}
     if scope != "global":
         raise RbenchError(f"unknown pruning scope '{scope}' (choose layer or global)")

@@ -5,8 +5,9 @@ A record that reaches the leaderboard must be one the harness could have written
 its exact attack settings and n_eval), a measured ratio at least the requested one (within the
 harness's slack of one element per layer, `rbench.core.budget.max_stored`), metrics consistent with
 their own counts (accuracy == correct / n, the Wilson interval containing the estimate, AutoAttack
-never above clean accuracy on the same points), the sanity flags its numbers imply, compute within
-the budget, and its hashes.
+never above clean accuracy on the same points), per-point results that are exactly those counts
+(and robust only where clean-correct), a security curve that falls with eps, the sanity flags its
+numbers imply, compute within the budget, and its hashes.
 
 Records are untrusted input. They are parsed as JSON data only (no NaN/Infinity constants, no
 duplicate keys, at most `MAX_BYTES`); nothing named inside a record is opened or followed, and
@@ -27,9 +28,11 @@ from pathlib import Path
 import jsonschema
 
 from rbench.core.budget import ComputeMeter, max_stored
+from rbench.core.errors import RbenchError
 from rbench.core.suites import SUITES
 from rbench.evaluate.accuracy import UNRELIABLE, wilson_interval
 from rbench.store.cache import content_hash
+from rbench.store.points import record_points
 from rbench.store.records import RECORD_SCHEMA
 
 MAX_BYTES = 16 * 1024 * 1024  # a real record is tens of kilobytes
@@ -230,6 +233,41 @@ def _metric_problems(record: dict) -> list[str]:
     return out
 
 
+def _points_problems(record: dict) -> list[str]:
+    """The per-point bits must be the counts: as many points as n_eval, as many ones as each
+    count, and no point robust that is not clean-correct."""
+    m, out = record["metrics"], []
+    try:
+        bits = record_points(record)
+    except RbenchError as exc:
+        return [f"metrics.points: {exc}"]
+    n = m["points"]["n"]
+    if n != m["autoattack"]["n"]:
+        out.append(f"metrics.points: n={n} but AutoAttack was measured on n={m['autoattack']['n']}")
+        return out
+    for kind, entry in (
+        ("clean", m.get("clean_eval_points")),
+        ("pgd", m["pgd"]),
+        ("autoattack", m["autoattack"]),
+    ):
+        if entry is not None and int(bits[kind].sum()) != entry["correct"]:
+            out.append(
+                f"metrics.points: {kind} marks {int(bits[kind].sum())} points correct, the count "
+                f"says {entry['correct']}"
+            )
+    for kind in ("pgd", "autoattack"):
+        if (bits[kind] & ~bits["clean"]).any():
+            out.append(f"metrics.points: a point is {kind}-robust but not clean-correct")
+    curve = m["security_curve"]
+    if curve["n"] != n or len(curve["eps"]) != len(curve["accuracy"]):
+        out.append("metrics.security_curve: its points or its grid do not match the evaluation")
+    elif curve["accuracy"][0] > bits["clean"].mean() + _TOL:
+        out.append("metrics.security_curve: the curve at eps 0 is above clean accuracy")
+    elif any(b > a + _TOL for a, b in zip(curve["accuracy"], curve["accuracy"][1:], strict=False)):
+        out.append("metrics.security_curve: robust accuracy rises with eps")
+    return out
+
+
 def _flag_problems(record: dict) -> list[str]:
     flags, m, out = record["flags"], record["metrics"], []
     if (
@@ -261,7 +299,7 @@ def _compute_problems(record: dict) -> list[str]:
 
 def _hash_problems(record: dict) -> list[str]:
     h, out = record["hashes"], []
-    for key, length in (("dense", 16), ("compressed", 64), ("config", 16)):
+    for key, length in (("dense", 64), ("dense_stage_key", 16), ("compressed", 64), ("config", 16)):
         value = h.get(key)
         if not (isinstance(value, str) and len(value) == length and _HEX.match(value)):
             out.append(
@@ -273,8 +311,8 @@ def _hash_problems(record: dict) -> list[str]:
     if isinstance(cache, dict) and {"compress", "evaluate"} <= set(cache):
         if record["run_id"] != content_hash({k: cache[k] for k in ("compress", "evaluate")}):
             out.append("hashes: run_id does not match the record's cache keys")
-        if "dense" in cache and cache["dense"] != h.get("dense"):
-            out.append("hashes: 'dense' differs from cache.dense")
+        if "dense" in cache and cache["dense"] != h.get("dense_stage_key"):
+            out.append("hashes: 'dense_stage_key' differs from cache.dense")
     return out
 
 
@@ -310,6 +348,7 @@ def record_problems(
         partial(_protocol_problems, require=require_protocol),
         _ratio_problems,
         _metric_problems,
+        _points_problems,
         _flag_problems,
         _compute_problems,
         _hash_problems,

@@ -16,8 +16,9 @@ import jsonschema
 from rbench import __version__
 from rbench.core.errors import RbenchError
 from rbench.store.cache import atomic_write_json, content_hash
+from rbench.store.points import BASE64, ENCODING, POINT_KINDS
 
-SCHEMA_ID = "rbench.record/1"
+SCHEMA_ID = "rbench.record/2"
 
 _ACC = {
     "type": "object",
@@ -27,6 +28,27 @@ _ACC = {
         "correct": {"type": "integer", "minimum": 0},
         "n": {"type": "integer", "minimum": 0},
         "ci95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+    },
+}
+
+_POINTS = {  # which evaluated points were correct, one base64 bit string per attack (store.points)
+    "type": "object",
+    "required": ["encoding", "n", "clean", "pgd", "autoattack"],
+    "properties": {
+        "encoding": {"const": ENCODING},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        **{k: {"type": "string", "pattern": BASE64.pattern} for k in POINT_KINDS},
+    },
+}
+_CURVE = {  # robust accuracy against eps from a minimum-norm attack (evaluate.curves)
+    "type": "object",
+    "required": ["attack", "eps", "accuracy", "area", "median_norm", "n"],
+    "properties": {
+        "eps": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2},
+        "accuracy": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
+        "area": {"type": "number", "minimum": 0, "maximum": 1},
+        "median_norm": {"type": ["number", "null"], "minimum": 0},
+        "norms": {"type": "array", "items": {"type": ["number", "null"], "minimum": 0}},
     },
 }
 
@@ -100,9 +122,18 @@ RECORD_SCHEMA = {
         "compute": {"type": "object", "required": ["used_epochs", "budget_epochs"]},
         "metrics": {
             "type": "object",
-            "required": ["clean", "pgd", "autoattack"],
-            "properties": {"clean": _ACC, "pgd": _ACC, "autoattack": _ACC},
+            "required": ["clean", "pgd", "autoattack", "points", "security_curve"],
+            "properties": {
+                "clean": _ACC,
+                "clean_eval_points": _ACC,
+                "pgd": _ACC,
+                "autoattack": _ACC,
+                "points": _POINTS,
+                "security_curve": _CURVE,
+            },
         },
+        "dense": {"type": "object", "required": ["source"]},
+        "tuning": {"type": ["object", "null"]},
         "flags": {"type": "object", "additionalProperties": {"type": "string"}},
         "unreliable": {"type": "boolean"},
         "diagnostics": {"type": "object"},
@@ -110,7 +141,14 @@ RECORD_SCHEMA = {
         "timings": {"type": "object"},
         "cache": {"type": "object"},
         "environment": {"type": "object", "required": ["rbench", "torch", "pyautoattack"]},
-        "hashes": {"type": "object", "required": ["dense", "compressed", "config"]},
+        "hashes": {
+            "type": "object",
+            "required": ["dense", "dense_stage_key", "compressed", "config"],
+            "properties": {
+                "dense": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "compressed": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+        },
     },
 }
 
@@ -204,6 +242,8 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
             "budget_epochs": runner.budget.epochs,
             "dense_reused": runner.stages.cached.get("dense", False),
         },
+        "dense": {k: v for k, v in runner.dense_meta.items() if k != "tensors_sha256"},
+        "tuning": runner.tuning,
         "metrics": metrics,
         "extra_metrics": compress_meta.get("method_report", {}),
         "flags": flags,
@@ -213,8 +253,9 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
         "latency": runner.latency,
         "cache": dict(keys),
         "environment": environment(runner.device),
-        "hashes": {
-            "dense": keys["dense"],
+        "hashes": {  # sha256 of the weights (safetensors files), and the dense stage's cache key
+            "dense": runner.dense_meta.get("tensors_sha256"),
+            "dense_stage_key": keys["dense"],
             "compressed": compress_meta.get("tensors_sha256"),
             "config": content_hash(asdict(runner.config)),
         },

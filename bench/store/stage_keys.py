@@ -16,7 +16,7 @@ from rbench.store.cache import content_hash, sha256_file
 from rbench.train.trainer import resolve_precision
 
 # Bump when a stage's code changes what it produces: old cache entries are then not reused.
-STAGE_VERSIONS = {"dense": 1, "compress": 2, "evaluate": 1}
+STAGE_VERSIONS = {"dense": 2, "compress": 3, "evaluate": 2}
 
 
 def method_code_hash(method_cls: type[Method]) -> str:

@@ -11,11 +11,37 @@ import torch
 from torch import nn
 
 from rbench.core.budget import Budget, ComputeMeter
+from rbench.core.errors import RbenchError
 from rbench.core.pgd import PGD
 from rbench.core.registry import SGDConfig
 from rbench.core.suites import Suite
 from rbench.data.splits import BatchLoader, DataSplits, Split
-from rbench.train.trainer import LOSS_PASSES, StepHooks, fit
+from rbench.train.trainer import LOSS_PASSES, Diverged, StepHooks, fit
+
+COLLAPSE = 1.5  # training accuracy below this multiple of chance: the phase is at chance
+
+
+class DivergenceWatch:
+    """Whether a training phase ended at chance: the training accuracy of its last full epoch
+    below 1.5 x chance (the loss is no guide: regularisers such as ADMM's penalty are in it)."""
+
+    def __init__(self, tag: str, epochs: float, classes: int) -> None:
+        self.tag, self.full, self.classes = tag, int(epochs + 1e-9), classes
+        self.last: tuple[int, float] | None = None
+        self.message: str | None = None
+
+    def wrap(self, progress):
+        def show(epoch: int, stats: dict) -> None:
+            if epoch < self.full:
+                self.last = (epoch, stats["accuracy"])
+                if epoch == self.full - 1 and stats["accuracy"] < COLLAPSE / self.classes:
+                    self.message = (
+                        f"{self.tag}: training accuracy {stats['accuracy']:.3f} after epoch "
+                        f"{epoch + 1} is at chance (below {COLLAPSE:g} / {self.classes})"
+                    )
+            progress(epoch, stats)
+
+        return show
 
 
 @dataclass
@@ -28,6 +54,7 @@ class Context:
     meter: ComputeMeter
     quiet: bool = False
     report: dict = field(default_factory=dict)  # what the method wants in its record
+    diverged: list[str] = field(default_factory=list)  # training phases that diverged (record flag)
 
     @property
     def threat(self):
@@ -47,7 +74,7 @@ class Context:
     def loader(
         self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None
     ) -> BatchLoader:
-        data: Split = getattr(self.data, split)
+        data: Split = self._split(split)
         return BatchLoader(
             data,
             batch_size or self.suite.dense.batch_size,
@@ -74,20 +101,30 @@ class Context:
         forward-backward pass to the meter. `loss` is "adv" (PGD-AT), "ce", "mixed" or "trades"."""
         model.to(self.device)
         self.log(f"{tag}: {epochs:g} epochs, loss {loss}, lr {lr:g}")
-        return fit(
-            model,
-            self.loader("train", batch_size),
-            attack=(attack or self.train_attack) if loss != "ce" else None,
-            meter=self.meter,
-            epochs=epochs,
-            lr=lr,
-            optimizer=optimizer,
-            loss=loss,
-            hooks=hooks,
-            seed=self.seed,
-            progress=self._epoch_progress(tag, epochs),
-            **{"bar": None if self.quiet else tag, **kwargs},
-        )
+        watch = DivergenceWatch(tag, epochs, self.suite.data.num_classes)
+        try:
+            return fit(
+                model,
+                self.loader("train", batch_size),
+                attack=(attack or self.train_attack) if loss != "ce" else None,
+                meter=self.meter,
+                epochs=epochs,
+                lr=lr,
+                optimizer=optimizer,
+                loss=loss,
+                hooks=hooks,
+                seed=self.seed,
+                progress=watch.wrap(self._epoch_progress(tag, epochs)),
+                restore_on_divergence=True,
+                **{"bar": None if self.quiet else tag, **kwargs},
+            )
+        except Diverged as exc:
+            self.diverged.append(f"{tag}: {exc}")
+            self.log(f"{tag}: {exc}; training stopped, the last finite weights are kept")
+            return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+        finally:
+            if watch.message:
+                self.diverged.append(watch.message)
 
     def fit_sgd(self, model: nn.Module, cfg: SGDConfig, **kwargs) -> torch.optim.Optimizer:
         """`fit` with SGD at the momentum, weight decay and batch size of a method's config."""
@@ -118,7 +155,7 @@ class Context:
     def accuracy(self, model: nn.Module, split: str = "val") -> float:
         """Clean accuracy on a split (forward passes only: not charged)."""
         model.eval()
-        data: Split = getattr(self.data, split)
+        data: Split = self._split(split)
         correct = 0
         for x, y in self.loader(split, batch_size=1000, shuffle=False):
             correct += int((model(x).argmax(1) == y).sum())
@@ -127,7 +164,7 @@ class Context:
     def robust_accuracy(self, model: nn.Module, split: str = "val") -> float:
         """PGD accuracy with the training attack on a split (charged like training passes)."""
         model.eval()
-        data: Split = getattr(self.data, split)
+        data: Split = self._split(split)
         attack, correct = self.train_attack, 0
         gen = self.generator(f"robust-{split}")
         for x, y in self.loader(split, batch_size=500, shuffle=False):
@@ -136,6 +173,11 @@ class Context:
             with torch.no_grad():
                 correct += int((model(x_adv).argmax(1) == y).sum())
         return correct / max(len(data), 1)
+
+    def _split(self, split: str) -> Split:
+        if split not in ("train", "val"):
+            raise RbenchError(f"a method may read the train and val splits, not '{split}'")
+        return getattr(self.data, split)
 
     def log(self, message: str) -> None:
         if not self.quiet:

@@ -207,9 +207,14 @@ def train_epoch(
     return {"loss": total_loss.item() / max(seen, 1), "accuracy": int(correct) / max(seen, 1)}
 
 
+class Diverged(RbenchError):
+    """The training loss became non-finite: the dense stage stops with it; a method's phase is
+    stopped (its last finite weights restored) and the run's record is flagged `diverged`."""
+
+
 def _raise_nonfinite(value: float | None, batch: int):
     shown = "non-finite" if value is None else value
-    raise RbenchError(
+    raise Diverged(
         f"training loss became {shown} at batch {batch}; lower the learning rate "
         "(for example --opt lr=...) or check the model"
     )
@@ -255,11 +260,14 @@ def fit(
     channels_last: str = "auto",
     compile: bool = False,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    restore_on_divergence: bool = False,
     **epoch_kwargs,
 ) -> torch.optim.Optimizer:
     """Train for `epochs` (fractional allowed: the last epoch stops early) with the learning rate
     following `schedule` per step. `eps_ramp` ramps the attack's eps linearly from 0 over that
-    fraction of the epochs (curriculum for MNIST-scale eps). Returns the optimiser.
+    fraction of the epochs (curriculum for MNIST-scale eps). `on_epoch_end(epoch, stats)` returning
+    True stops training after that epoch. With `restore_on_divergence`, a non-finite loss puts
+    back the weights of the start of that epoch before `Diverged` is raised. Returns the optimiser.
 
     `precision`, `channels_last` and `compile` as in the module docstring; their "auto" defaults
     change nothing on CPU. `wrap` wraps the module the training loss calls (for example in
@@ -301,31 +309,41 @@ def fit(
                     attack.random_start,
                 )
             last = total_steps - epoch * n_batches
-            stats = train_epoch(
-                model,
-                loader,
-                optimizer,
-                attack=step_attack,
-                meter=meter,
-                loss=loss,
-                hooks=hooks,
-                generator=generator,
-                max_batches=min(n_batches, last),
-                set_lr=set_lr,
-                precision=precision,
-                channels_last=channels_last,
-                attack_model=attack_model,
-                loss_model=loss_model,
-                **epoch_kwargs,
-            )
+            snapshot = _snapshot(model) if restore_on_divergence else None
+            try:
+                stats = train_epoch(
+                    model,
+                    loader,
+                    optimizer,
+                    attack=step_attack,
+                    meter=meter,
+                    loss=loss,
+                    hooks=hooks,
+                    generator=generator,
+                    max_batches=min(n_batches, last),
+                    set_lr=set_lr,
+                    precision=precision,
+                    channels_last=channels_last,
+                    attack_model=attack_model,
+                    loss_model=loss_model,
+                    **epoch_kwargs,
+                )
+            except Diverged:
+                if snapshot is not None:
+                    model.load_state_dict(snapshot)
+                raise
             if progress is not None:
                 progress(epoch, stats)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, stats)
+            if on_epoch_end is not None and on_epoch_end(epoch, stats):
+                break  # the caller's stopping rule (the dense stage's plateau rule)
     finally:
         if channels_last == "model":
             model.to(memory_format=torch.contiguous_format)
     return optimizer
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def recipe_parts(
