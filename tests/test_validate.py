@@ -15,9 +15,9 @@ from rbench.core.budget import compressible_layers
 from rbench.core.suites import get_suite
 from rbench.data.models import build_model
 from rbench.evaluate.accuracy import wilson_interval
+from rbench.evaluate.curves import curve_entry
 from rbench.report import validate as val
 from rbench.store.cache import content_hash
-from rbench.evaluate.curves import curve_entry
 from rbench.store.points import points_entry
 from rbench.store.records import SCHEMA_ID, validate_record
 
