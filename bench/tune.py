@@ -12,6 +12,7 @@ never loaded into the search: the splits it works on have no test part.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rbench.core.budget import measure_compression, verify_ratio
@@ -69,7 +70,12 @@ def _score(runner, value: float, n_val: int) -> dict:
 
 
 def tune(
-    base: RunConfig, out: Path | str, multiples=MULTIPLES, n_val: int = 500, say=print
+    base: RunConfig,
+    out: Path | str,
+    multiples=MULTIPLES,
+    n_val: int = 500,
+    say=print,
+    force: bool = False,
 ) -> dict:
     """Search the grid for `base.method` at `base.ratio` and `base.seed`; write and return the
     tuning record."""
@@ -77,6 +83,13 @@ def tune(
 
     probe = Runner(base)
     method_cls, suite = probe.method_cls, probe.suite
+    path = tuning_path(out, suite.name, method_cls.name)
+    if not force and path.is_file():
+        from rbench.store.tuning import read_tuning
+
+        read_tuning(out, suite, method_cls)  # an unusable record is an error, not a skip
+        say(f"tune: {path} exists; skipping (--force to search again)")
+        return json.loads(path.read_text(encoding="utf-8"))
     fields = method_cls.tuned_fields()
     if not fields:
         raise RbenchError(f"method '{method_cls.name}' has no fine-tuning rate to tune")
@@ -96,7 +109,7 @@ def tune(
         "fields": list(fields),
         "rule": (
             f"rates {', '.join(f'{m:g}' for m in multiples)} x the method's default; the highest "
-            f"PGD accuracy on the first {n_val} validation points (ties: clean validation "
+            f"PGD accuracy on the first {points[0]['n_val']} validation points (ties: clean validation "
             "accuracy, then the smaller rate)"
         ),
         "ratio": probe.budget.ratio,
@@ -109,7 +122,6 @@ def tune(
         "compute_epochs": round(sum(p["compute_epochs"] for p in points), 4),
         "environment": environment(probe.device),
     }
-    path = tuning_path(out, suite.name, method_cls.name)
     atomic_write_json(path, record)
     say(f"tune: {method_cls.name} chooses {best['value']:g} -> {path}")
     return record

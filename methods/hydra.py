@@ -29,6 +29,8 @@ Deviations and choices:
   remainder spread one weight per layer (`keep_counts(exact=True)`), so the model stores exactly
   floor(N/B) weights; HYDRA's `int((1 - k) * numel)` per layer stores a few more or fewer.
 - The attack runs in eval mode (the harness's protocol; also HYDRA's), the update in train mode.
+- TRADES' inner maximisation (paper variant) starts at x + 0.001 N(0, 1) as HYDRA's code does
+  (rbench.core.pgd, loss "kl"); the harness variant's PGD-AT starts uniformly in the ball.
 """
 
 from __future__ import annotations

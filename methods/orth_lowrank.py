@@ -45,7 +45,13 @@ BatchNorm-free smallcnn it did not train within mnist5k v1's budget (docs/findin
 Deviations: (S, U, V) are conditioned once at initialisation too, so the constraint holds from the
 first forward pass; conv layers run as three convolutions, not F.unfold (methods.md 5(f)); the
 paper's per-architecture optimiser settings (VGG16 lr 0.05 / momentum 0.45, WRN 0.08 / 0.5) are
-not switched automatically: pass them with --opt. UNVERIFIED: whether the paper's "c.r." counts
+not switched automatically: pass them with --opt. One step here is: project the basis gradients
+(step 2), buf <- momentum * buf + projected gradient, W <- W - lr * buf, QR retraction, core
+clamp (methods.md 5(b) steps 2-5 in that order); the released optimiser's exact accumulation order
+is not verified, so momentum may compose with the projection slightly differently there. The
+paper's models use LeakyReLU (a finite activation condition number); the suites' architectures
+(smallcnn, ResNet-18, ...) use ReLU, the same for every method, and this method runs on them
+unchanged. UNVERIFIED: whether the paper's "c.r." counts
 ranks or parameters (the code counts ranks; methods.md 5(d)); harness lr and momentum.
 """
 

@@ -177,6 +177,7 @@ class RADMM(Method):
     def compress(self, model: nn.Module, budget: Budget, ctx) -> nn.Module:
         cfg = self.config
         counts = self.plan(model, budget.ratio)
+        before = self.supports(model, counts)  # the dense model's own projection
         admm = self.admm_phase(model, counts, ctx)
         residual = admm.primal_residual(model)
         masks = self.hard_prune(model, counts)
@@ -188,6 +189,8 @@ class RADMM(Method):
                 "admm_updates": admm.updates,
                 "admm_final_rho": max(admm.rho.values()),
                 "admm_primal_residual_before_prune": residual,
+                # 1.0: ADMM kept exactly the weights magnitude pruning of the dense model keeps
+                "mask_agreement_with_dense_projection": mask_agreement(before, masks),
                 "pruned_filters": {
                     p: int((m.flatten(1).sum(1) == 0).sum()) for p, m in masks.items()
                 },
@@ -202,7 +205,8 @@ class RADMM(Method):
         share = cfg.admm_epochs / (cfg.admm_epochs + cfg.retrain_epochs)
         epochs = ctx.affordable_epochs(share)
         rounds = max(1, round(cfg.admm_epochs / cfg.admm_epoch))
-        total = max(1, round(epochs * len(ctx.loader("train", cfg.batch_size))))
+        # floor, as the trainer counts steps: an update is never placed past the last step
+        total = max(1, math.floor(epochs * len(ctx.loader("train", cfg.batch_size)) + 1e-9))
         admm = ADMM(
             model,
             layer_weights(counts),
@@ -210,7 +214,7 @@ class RADMM(Method):
             rho=cfg.rho,
             rho_growth=cfg.rho_growth,
         )
-        updates = {round(i * total / rounds) for i in range(1, rounds)} - {0, total}
+        updates = {math.floor(i * total / rounds) for i in range(1, rounds)} - {0, total}
         ctx.fit_sgd(
             model,
             cfg,
@@ -225,12 +229,16 @@ class RADMM(Method):
         return admm
 
     # -- step 3
-    def hard_prune(self, model: nn.Module, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+    def supports(self, model: nn.Module, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        """mask_l = support of Proj_l(W_l), for the weights as they are now."""
         cfg, layers, classifier = self.config, compressible_layers(model), _classifier(model)
-        masks = {
+        return {
             p: support(p, layers[p].weight.detach(), k, cfg.structure, cfg.exact, classifier)
             for p, k in counts.items()
         }
+
+    def hard_prune(self, model: nn.Module, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        masks = self.supports(model, counts)
         apply_masks(model, masks)
         reapply_masks(model)
         return masks
@@ -253,3 +261,10 @@ class RADMM(Method):
 def _classifier(model: nn.Module) -> str:
     """The last compressible layer: the one whose rows are the classes."""
     return list(compressible_layers(model))[-1]
+
+
+def mask_agreement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The share of the weights kept by `b` that `a` keeps too (1.0: the same support)."""
+    kept = sum(int(m.sum()) for m in b.values())
+    both = sum(int((a[p] & m).sum()) for p, m in b.items())
+    return both / max(kept, 1)

@@ -172,7 +172,10 @@ def run(
 @click.option("--data-root", default=None)
 @click.option("--cache-dir", default=None)
 @click.option("--quiet", "-q", is_flag=True)
-def tune(method, suite, ratio, seed, multiples, out, epochs, device, data_root, cache_dir, quiet):
+@click.option("--force", is_flag=True, help="Search again even if a tuning record exists.")
+def tune(
+    method, suite, ratio, seed, multiples, out, epochs, device, data_root, cache_dir, quiet, force
+):
     """Choose METHOD's fine-tuning rate by the declared rule, on the validation split."""
     from rbench.tune import tune as run_tune
 
@@ -194,7 +197,7 @@ def tune(method, suite, ratio, seed, multiples, out, epochs, device, data_root, 
         quiet=quiet,
     )
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    record = run_tune(base, out, grid, say=say)
+    record = run_tune(base, out, grid, say=say, force=force)
     rows = ", ".join(f"{p['value']:g}: {100 * p['val_pgd']:.1f}%" for p in record["grid"])
     click.echo(f"{method}: chose {record['chosen']:g} (validation PGD {rows})")
 

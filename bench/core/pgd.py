@@ -35,7 +35,7 @@ class PGD:
             return x.detach()
         with torch.no_grad():
             target = F.softmax(model(x), dim=1) if loss == "kl" else None
-        delta = self._start(x, generator)
+        delta = self._kl_start(x, generator) if loss == "kl" else self._start(x, generator)
         for _ in range(self.steps):
             delta.requires_grad_(True)
             logits = model(x + delta)
@@ -67,6 +67,11 @@ class PGD:
                 -1, *[1] * (x.dim() - 1)
             )
         return (x + delta).clamp_(0, 1) - x
+
+    def _kl_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """TRADES' start (Zhang et al. 2019, and HYDRA's code): x + 0.001 N(0, 1), in the bounds."""
+        noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        return (x + 0.001 * noise).clamp_(0, 1) - x
 
     def _step(self, delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.norm == "Linf":
