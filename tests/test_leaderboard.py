@@ -1,5 +1,6 @@
-"""The leaderboard renderer on synthetic records: grouping by suite / threat / protocol, ranking by
-AutoAttack within each ratio, seeds collapsed to mean +- std, bad records skipped one line each."""
+"""The leaderboard renderer on synthetic records: grouping by suite / threat / protocol / budget,
+ranks from paired tests within each ratio, the control row, seeds collapsed to mean +- std, bad
+records skipped one line each."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
+from rbench.core.suites import ThreatModel, get_suite
 from rbench.evaluate.accuracy import wilson_interval
+from rbench.evaluate.curves import curve_entry
 from rbench.report.leaderboard import build, load_records
 from rbench.store.cache import content_hash
-from rbench.store.records import validate_record
+from rbench.store.points import points_entry
+from rbench.store.records import SCHEMA_ID, validate_record
 
 
 def acc(correct: int, n: int) -> dict:
@@ -36,17 +41,29 @@ def make_record(
     flags=None,
     created="2026-01-01T00:00:00+00:00",
     singular=0,
+    robust=None,
+    budget=4.0,
 ) -> dict:
-    """A schema-valid record; `aa` and `clean` are counts out of n_eval."""
-    key = [method, ratio, seed, protocol, n_eval, eps, suite, aa, created]
+    """A schema-valid record; `aa` and `clean` are counts out of n_eval. The AutoAttack-robust
+    points are the first `aa` (or the ids in `robust`); the clean-correct ones the first `clean`
+    together with the robust ones."""
+    robust_bits = torch.zeros(n_eval, dtype=torch.bool)
+    robust_bits[list(robust) if robust is not None else slice(0, aa)] = True
+    aa = int(robust_bits.sum())
+    clean_bits = (torch.arange(n_eval) < clean) | robust_bits
+    pgd_bits = robust_bits.clone()
+    extra = [i for i in range(n_eval) if clean_bits[i] and not robust_bits[i]][:5]
+    pgd_bits[extra] = True
+    norms = torch.where(robust_bits, 0.15, 0.05) * clean_bits.float()
+    key = [method, ratio, seed, protocol, n_eval, eps, suite, aa, created, robust, budget]
     layer = {"layer": "net.0.0", "shape": [4, 1, 3, 3], "singular_values": [2.0, 1.0, 0.5, 0.1]}
     record = {
-        "schema": "rbench.record/1",
+        "schema": SCHEMA_ID,
         "run_id": content_hash(key),
         "created": created,
         "suite": {
             "name": suite,
-            "version": 1,
+            "version": get_suite(suite).version if suite in ("digits", "mnist5k") else 1,
             "dataset": suite,
             "arch": "smallcnn",
             "threat": {"norm": "Linf", "eps": eps},
@@ -67,7 +84,7 @@ def make_record(
             "attacks": [],
             "pgd": {"steps": 20, "step_fraction": 0.1, "restarts": 1},
         },
-        "budget": {"ratio": ratio, "epochs": 4.0},
+        "budget": {"ratio": ratio, "epochs": budget},
         "compression": {
             "n_dense": 1000,
             "n_stored": int(1000 / ratio),
@@ -75,12 +92,19 @@ def make_record(
             "macs_ratio": 1.0,
             "per_layer": [],
         },
-        "compute": {"used_epochs": used, "budget_epochs": 4.0},
+        "compute": {"used_epochs": used * budget / 4.0, "budget_epochs": budget},
         "metrics": {
-            "clean": acc(clean, n_eval),
-            "pgd": acc(min(clean, aa + 5), n_eval),
+            "clean": acc(int(clean_bits.sum()), n_eval),
+            "clean_eval_points": acc(int(clean_bits.sum()), n_eval),
+            "pgd": acc(int(pgd_bits.sum()), n_eval),
             "autoattack": acc(aa, n_eval),
+            "points": points_entry(
+                n_eval, {"clean": clean_bits, "pgd": pgd_bits, "autoattack": robust_bits}
+            ),
+            "security_curve": curve_entry(norms, ThreatModel("Linf", eps)),
+            "eval_ids": {"split": "test", "first": n_eval, "ids_sha256": "0" * 64},
         },
+        "dense": {"source": "trained"},
         "flags": flags or {},
         "unreliable": bool(flags and "robust_above_clean" in flags),
         "diagnostics": {
@@ -93,7 +117,12 @@ def make_record(
             },
         },
         "environment": {"rbench": "0.1.0", "torch": "2", "pyautoattack": "0.2.0"},
-        "hashes": {"dense": "d", "compressed": "c", "config": "h"},
+        "hashes": {
+            "dense": "d" * 64,
+            "dense_stage_key": "d" * 16,
+            "compressed": "c" * 64,
+            "config": "h",
+        },
     }
     validate_record(record)
     return record
@@ -107,12 +136,20 @@ def write(root: Path, records: list[dict]) -> Path:
     return root
 
 
-def tables(markdown: str) -> dict[str, list[dict]]:
-    """Each `## ` section's table as a list of {column: cell}."""
+def tables(markdown: str, which: int = 0) -> dict[str, list[dict]]:
+    """Each `## ` section's `which`-th table (0: the ranked one, 1: the spectra and compute one)
+    as a list of {column: cell}."""
     out = {}
     for section in markdown.split("\n## ")[1:]:
         title, *lines = section.splitlines()
-        rows = [line for line in lines if line.startswith("|") and not line.startswith("|--")]
+        found, current = [], []
+        for line in lines + [""]:
+            if line.startswith("|"):
+                current.append(line)
+            elif current:
+                found.append(current)
+                current = []
+        rows = [line for line in found[which] if not line.startswith("|--")]
         head = [c.strip() for c in rows[0].strip("|").split("|")]
         out[title] = [
             dict(zip(head, [c.strip() for c in r.strip("|").split("|")], strict=True))
@@ -121,7 +158,7 @@ def tables(markdown: str) -> dict[str, list[dict]]:
     return out
 
 
-def test_rows_rank_by_autoattack_within_each_ratio(tmp_path):
+def test_rows_rank_by_paired_tests_within_each_ratio(tmp_path):
     records = [
         make_record("magnitude", 4, aa=40),
         make_record("hydra", 4, aa=55),
@@ -129,26 +166,73 @@ def test_rows_rank_by_autoattack_within_each_ratio(tmp_path):
         make_record("magnitude", 16, aa=30),
         make_record("hydra", 16, aa=20, singular=2),
         make_record("dense", 1, aa=60, cond=(2.0, 4.0)),
+        make_record("dense-ft", 1, aa=62),
     ]
     md_path, loaded = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
     assert not loaded.skipped
-    (rows,) = tables(md_path.read_text()).values()
+    text = md_path.read_text()
+    (rows,) = tables(text).values()
     order = [(r["ratio"], r["rank"], r["method"]) for r in rows]
     assert order == [
-        ("1", "1", "dense"),
-        ("4", "1", "hydra"),
+        ("1", "control", "dense-ft (control)"),
+        ("4", "1", "hydra"),  # 15 and 8 more robust points than magnitude and radmm, one-sided
         ("4", "2", "radmm"),
         ("4", "3", "magnitude"),
+        ("1", "control", "dense-ft (control)"),
         ("16", "1", "magnitude"),
         ("16", "2", "hydra"),
     ]
     hydra = rows[1]
     assert hydra["AutoAttack %"] == "55.0" and hydra["seeds"] == "1"
     lo, hi = wilson_interval(55, 100)
-    assert hydra["AA 95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
-    assert rows[0]["κ geo-mean"] == "2" and rows[0]["κ max"] == "4"
-    assert rows[0]["log10 Lip. bound"] == "1.50" and hydra["compute (AT-ep)"] == "3.90 / 4"
-    assert rows[-1]["κ max"] == "10 (2 singular)" and hydra["κ max"] == "10"
+    assert hydra["95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert hydra["vs control"].startswith("-7.0 (p ") and rows[3]["p vs top"] == "<0.001"
+    assert "dense model: clean" in text and "control (dense + the budget)" in text
+    (second,) = tables(text, which=1).values()
+    by = {(r["ratio"], r["method"]): r for r in second}
+    assert by[("1", "dense")]["κ geo-mean"] == "2" and by[("1", "dense")]["κ max"] == "4"
+    assert by[("4", "hydra")]["compute (AT-ep)"] == "3.90 / 4"
+    assert by[("16", "hydra")]["κ max"] == "10 (singular)"
+
+
+def test_planted_difference_gives_the_exact_mcnemar_result(tmp_path):
+    """A is robust on points 0-59, B on 0-49 and 60-64: 10 points favour A, 5 favour B, so the
+    exact two-sided McNemar p is 2 P(Bin(15, 1/2) <= 5) = 0.302; the rows tie ("1=")."""
+    from scipy.stats import binom
+
+    from rbench.report import paired
+
+    a = torch.arange(100) < 60
+    b = (torch.arange(100) < 50) | ((torch.arange(100) >= 60) & (torch.arange(100) < 65))
+    expected = 2 * binom.cdf(5, 15, 0.5)
+    assert paired.discordant(a.numpy(), b.numpy()) == (10, 5)
+    assert paired.mcnemar_exact(10, 5) == pytest.approx(expected)
+    # three seeds with the same planted difference pool to 30 against 15
+    pooled = paired.stratified([(a.numpy(), b.numpy())] * 3)
+    assert (pooled["a_only"], pooled["b_only"]) == (30, 15)
+    assert pooled["p"] == pytest.approx(2 * binom.cdf(15, 45, 0.5))
+    records = [
+        make_record("hydra", 4, robust=range(60), clean=90),
+        make_record("magnitude", 4, robust=[*range(50), *range(60, 65)], clean=90),
+    ]
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    assert [(r["method"], r["rank"]) for r in rows] == [("hydra", "1="), ("magnitude", "1=")]
+    assert rows[1]["p vs top"] == f"{expected:.2f}"
+
+
+def test_holm_and_the_detectable_difference():
+    from rbench.report import paired
+
+    adjusted = paired.holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    # more points or more seeds resolve smaller differences
+    small, large = (
+        paired.min_detectable_difference(200, 0.06),
+        paired.min_detectable_difference(1000, 0.06),
+    )
+    pooled = paired.min_detectable_difference(200, 0.06, seeds=3)
+    assert 0 < large < pooled < small < 0.06
 
 
 def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
@@ -157,11 +241,13 @@ def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
     md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
     (rows,) = tables(md_path.read_text()).values()
     magnitude = next(r for r in rows if r["method"] == "magnitude")
-    assert magnitude["rank"] == "1"  # mean 50 beats hydra's 45
-    assert magnitude["AutoAttack %"] == "50.0 ± 10.0" and magnitude["seeds"] == "3"
+    # paired on seed 0 only (hydra has no other seed): 40 against 45, not separable
+    assert magnitude["rank"] == "1=" and magnitude["seeds"] == "3"
+    assert magnitude["AutoAttack %"] == "50.0 ± 10.0"
     lo, hi = wilson_interval(150, 300)  # pooled over the three seeds' points
-    assert magnitude["AA 95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
-    assert magnitude["AA worst seed %"] == "40.0"
+    assert magnitude["95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    (second,) = tables(md_path.read_text(), which=1).values()
+    assert next(r for r in second if r["method"] == "magnitude")["worst seed AA %"] == "40.0"
     with open(tmp_path / "out" / "leaderboard.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["method"] == "magnitude")
     assert float(row["autoattack"]) == pytest.approx(50.0)
@@ -170,19 +256,25 @@ def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
     assert row["seeds"] == "0,1,2"
 
 
-def test_different_protocols_suites_and_threats_never_share_a_table(tmp_path):
+def test_different_protocols_suites_threats_and_budgets_never_share_a_table(tmp_path):
     records = [
         make_record("magnitude", 4, aa=40, protocol="standard"),
         make_record("hydra", 4, aa=70, protocol="quick"),
         make_record("radmm", 4, aa=65, protocol="standard", n_eval=200),  # another n_eval
         make_record("tscnc", 4, aa=60, eps="0.2"),  # another threat model
-        make_record("hydra", 4, aa=50, suite="mnist5k"),
+        make_record("hydra", 4, aa=50, suite="mnist5k", budget=5.0),
+        make_record("hydra", 4, aa=30, suite="mnist5k", budget=1.0),  # the compute axis
     ]
     md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
-    found = tables(md_path.read_text())
-    assert len(found) == 5
-    for rows in found.values():  # each alone, so each ranked first
+    text = md_path.read_text()
+    found = tables(text)
+    assert len(found) == 6
+    ranked = {k: v for k, v in found.items() if k != "Compute axis"}
+    for rows in ranked.values():  # each alone, so each ranked first
         assert [r["rank"] for r in rows] == ["1"]
+    assert [(r["budget (AT-ep)"], r["AutoAttack %"]) for r in found["Compute axis"]] == [
+        ("1", "30.0")
+    ]
     titles = list(found)
     assert sum("protocol quick" in t for t in titles) == 1
     assert sum("eps=0.2" in t for t in titles) == 1
@@ -235,7 +327,7 @@ def test_seeds_at_chance_accuracy_are_marked_collapsed(tmp_path):
     md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
     rows = {r["method"]: r for rs in tables(md_path.read_text()).values() for r in rs}
     assert rows["magnitude"]["flags"] == (
-        "**unreliable** (1 of 2 seeds), **collapsed** (1 of 2 seeds), robust_above_clean"
+        "**unreliable** 1/2, **collapsed** 1/2, robust_above_clean"
     )
     assert rows["hydra"]["flags"] == "**collapsed**"
     assert rows["cstar"]["flags"] == "" and rows["radmm"]["flags"] == ""
@@ -267,13 +359,15 @@ def test_plots_are_written_and_linked(tmp_path):
         for s in (0, 1)
     ]
     records[-1]["diagnostics"] = {
-        "layers": [1, {"layer": 3}, {"layer": "x", "singular_values": ["a", -1, 1e400]}],
+        "layers": [1, {"layer": 3}, {"layer": "x", "singular_values": ["a", -1, 1e300]}],
         "summary": [],
     }  # malformed, yet schema-valid
     md_path, loaded = build([write(tmp_path / "in", records)], tmp_path / "out")
     assert not loaded.skipped  # rendered; its malformed spectra are left out of the plots
     links = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md_path.read_text())
-    assert len(links) == 4  # robust vs ratio, clean vs robust, spectra at ratios 2 and 8
+    # robust vs ratio, clean vs robust, security curves and spectra at ratios 2 and 8
+    assert len(links) == 6
+    assert all("-v3-standard-n100-4ep-" in link for link in links)
     for link in links:
         png = tmp_path / "out" / link
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -289,8 +383,8 @@ def test_option_overrides_are_shown_and_kept_apart(tmp_path):
         [write(tmp_path / "in", [default, override])], tmp_path / "out", plots=False
     )
     (rows,) = tables(md_path.read_text()).values()
-    assert [(r["variant"], r["AutoAttack %"]) for r in rows] == [
-        ("harness", "60.0"),
-        ("harness, a=1, structure=filter", "10.0"),
+    assert [(r["method"], r["AutoAttack %"]) for r in rows] == [
+        ("radmm", "60.0"),
+        ("radmm (harness, a=1, structure=filter)", "10.0"),
     ]
     assert loaded.skipped == []

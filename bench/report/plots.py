@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 
 DPI = 110
 FLOOR = 1e-4  # spectra plots: values below this fraction of the panel's largest are clipped
@@ -22,7 +21,7 @@ def _label(row) -> str:
     return row["method"] if row["variant"] == "harness" else f"{row['method']} ({row['variant']})"
 
 
-def _colours(labels) -> dict[str, tuple | str]:
+def colours(labels) -> dict[str, tuple | str]:
     """A fixed colour per method label (sorted), the dense reference always black."""
     names = sorted(set(labels) - {"dense"})
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
@@ -44,55 +43,71 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[keep].sort_values("ratio")
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+REFERENCES = {"dense-ft": ("control: dense-ft", "-"), "dense": ("dense (no fine-tuning)", ":")}
+
+
+def _on_grid(g: pd.DataFrame, grid: list[float], column: str) -> list[float]:
+    """A column on the full grid of ratios, NaN where the row has no entry: a line never joins
+    two ratios across a missing one."""
+    by_ratio = dict(zip(g["ratio"], g[column], strict=True))
+    return [by_ratio.get(r, math.nan) for r in grid]
+
+
+def references(ax, table: pd.DataFrame, column: str = "autoattack") -> None:
+    """The ratio-1 reference rows as horizontal lines across the plot."""
+    for method, (text, style) in REFERENCES.items():
+        rows = table[(table["method"] == method) & (table["ratio"] == 1)]
+        if len(rows):
+            ax.axhline(rows[column].iloc[0], color="black", lw=1.2, ls=style, label=text, zorder=2)
+
+
 def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Mean over seeds per method and ratio; the whiskers span the worst to the best seed."""
-    table = table.assign(label=table.apply(_label, axis=1))
-    colours = _colours(table["label"])
+    """Mean over seeds per method and ratio; the whiskers span the worst to the best seed; the
+    control and the dense model are horizontal reference lines."""
+    compressed = table[table["ratio"] > 1]
+    compressed = compressed.assign(label=compressed.apply(_label, axis=1))
+    palette = colours(compressed["label"])
+    grid = sorted(compressed["ratio"].unique())
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for label, g in table.groupby("label"):
-        g = g.sort_values("ratio")
+    references(ax, table)
+    for label, g in compressed.groupby("label"):
+        y = _on_grid(g, grid, "autoattack")
+        low = [a - b for a, b in zip(y, _on_grid(g, grid, "autoattack_min"), strict=True)]
+        high = [b - a for a, b in zip(y, _on_grid(g, grid, "autoattack_max"), strict=True)]
         ax.errorbar(
-            g["ratio"],
-            g["autoattack"],
-            yerr=[g["autoattack"] - g["autoattack_min"], g["autoattack_max"] - g["autoattack"]],
+            grid,
+            y,
+            yerr=[low, high],
             marker="o",
             ms=5,
             capsize=3,
             lw=1.6,
-            color=colours[label],
+            color=palette[label],
             label=label,
         )
-    front = pareto_front(table)
-    ax.step(
-        front["ratio"],
-        front["autoattack"],
-        where="pre",
-        color="black",
-        lw=1,
-        ls="--",
-        alpha=0.6,
-        zorder=1,
-    )
-    ax.scatter(
-        front["ratio"],
-        front["autoattack"],
-        s=150,
-        facecolors="none",
-        edgecolors="black",
-        lw=1.2,
-        zorder=3,
-        label="Pareto front",
-    )
-    ratios = sorted(table["ratio"].unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+    if len(compressed):
+        front = pareto_front(compressed)
+        ax.step(
+            front["ratio"],
+            front["autoattack"],
+            where="pre",
+            color="grey",
+            lw=1,
+            ls="--",
+            alpha=0.6,
+            zorder=1,
+            label="Pareto front",
+        )
+    if grid:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(grid, [f"{r:g}" for r in grid])
     ax.minorticks_off()
     ax.set_xlabel("requested compression ratio (N_dense / N_stored)")
     ax.set_ylabel("AutoAttack robust accuracy (%)\nmean over seeds, whiskers: worst to best")
@@ -100,29 +115,35 @@ def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def clean_vs_robust(table: pd.DataFrame, path: Path, title: str) -> Path:
     """One line per method through its ratios (low to high), the end points labelled."""
     table = table.assign(label=table.apply(_label, axis=1))
-    colours = _colours(table["label"])
+    palette = colours(table["label"])
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for label, g in table.groupby("label"):
         g = g.sort_values("ratio")
         ax.plot(
-            g["clean"], g["autoattack"], marker="o", ms=5, lw=1.2, color=colours[label], label=label
+            g["clean_points"],
+            g["autoattack"],
+            marker="o",
+            ms=5,
+            lw=1.2,
+            color=palette[label],
+            label=label,
         )
         for _, r in g.iloc[[0, -1]].drop_duplicates("ratio").iterrows():
             ax.annotate(
                 f"×{r['ratio']:g}",
-                (r["clean"], r["autoattack"]),
+                (r["clean_points"], r["autoattack"]),
                 fontsize=7,
                 xytext=(4, 3),
                 textcoords="offset points",
-                color=colours[label],
+                color=palette[label],
             )
-    x0, x1 = table["clean"].min(), table["clean"].max()
+    x0, x1 = table["clean_points"].min(), table["clean_points"].max()
     y0, y1 = table["autoattack"].min(), table["autoattack"].max()
     pad_x, pad_y = max(1.0, 0.08 * (x1 - x0)), max(1.0, 0.08 * (y1 - y0))
     ax.plot([0, 100], [0, 100], color="grey", lw=0.8, ls=":", label="robust = clean")
@@ -133,96 +154,89 @@ def clean_vs_robust(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def _layers(diagnostics) -> list[dict]:
-    """A record's per-layer spectra, keeping only well-formed entries (records are untrusted)."""
-    rows = diagnostics.get("layers") if isinstance(diagnostics, dict) else None
-    out = []
-    for r in rows if isinstance(rows, list) else []:
-        if not (isinstance(r, dict) and isinstance(r.get("layer"), str)):
-            continue
-        values = r.get("singular_values") if isinstance(r.get("singular_values"), list) else []
-        shape = r.get("shape") if isinstance(r.get("shape"), list) else None
-        shape = shape if shape and all(isinstance(n, int) for n in shape[:6]) else None
-        values = [float(v) for v in values if isinstance(v, (int, float)) and 0 <= v < math.inf]
-        out.append(
-            {"layer": r["layer"][:60], "shape": shape and shape[:6], "singular_values": values}
+def security_curves(table: pd.DataFrame, ratio: float, path: Path, title: str) -> Path:
+    """Robust accuracy against eps from the minimum-norm attack, mean over seeds, for the rows
+    at one ratio and the control; the suite's eps is the dotted vertical line."""
+    rows = table[
+        (table["ratio"] == ratio) | ((table["method"] == "dense-ft") & (table["ratio"] == 1))
+    ]
+    rows = rows.assign(label=rows.apply(_label, axis=1))
+    palette = colours(rows["label"])
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for _, r in rows.iterrows():
+        control = r["method"] == "dense-ft"
+        ax.plot(
+            r["curve_eps"],
+            [100 * a for a in r["curve_mean"]],
+            color="black" if control else palette[r["label"]],
+            lw=1.8 if control else 1.3,
+            label=f"{r['label']} (control)" if control else r["label"],
         )
-    return out
+    if len(rows):
+        eps = rows["curve_eps"].iloc[0]
+        ax.axvline(eps[len(eps) // 2], color="grey", ls=":", lw=1, label="the suite's eps")
+    ax.set_xlabel("eps (the threat model's norm)")
+    ax.set_ylabel("robust accuracy (%), minimum-norm attack\nmean over seeds")
+    ax.set_ylim(0, 101)
+    ax.set_title(f"{title} · ratio {ratio:g}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return save(fig, path)
 
 
-def spectra(entries: list[tuple[str, list[dict]]], path: Path, title: str) -> Path | None:
-    """One panel per layer: the sorted singular values of its weight matrix, one line per entry
-    (label, layers from `_layers`); an entry labelled "dense" is the dashed reference."""
-    layers = []
-    for _, rows in entries:
-        layers += [r["layer"] for r in rows if r["layer"] not in layers]
-    if not layers:
-        return None
-    cols = min(5, len(layers))
-    n_rows = math.ceil(len(layers) / cols)
-    labels = {label for label, _ in entries}
-    legend_height = 0.3 * math.ceil(len(labels) / 6) + 0.2
-    height = 2.8 * n_rows + 0.7 + legend_height  # panels, the two-line title, the legend
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.3 * cols, height), squeeze=False)
-    colours = _colours([label for label, _ in entries])
-    for ax, layer in zip(axes.flat, layers, strict=False):
-        rows_here = [next((r for r in rows if r["layer"] == layer), None) for _, rows in entries]
-        top = max((max(r["singular_values"], default=0) for r in rows_here if r), default=0)
-        floor = top * FLOOR  # numerically zero values are drawn on the panel's floor
-        for (label, _), row in zip(entries, rows_here, strict=True):
-            values = [max(v, floor) for v in (row["singular_values"] if row else [])]
-            if not values:
-                continue
-            ax.plot(
-                range(1, len(values) + 1),
-                values,
-                lw=1.4,
-                color=colours[label],
-                label=label,
-                ls="--" if label == "dense" else "-",
+def compute_axis(table: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path]]:
+    """AutoAttack accuracy against the compute budget, one picture per suite and ratio, one line
+    per method (the control at ratio 1 in black)."""
+    images = []
+    for (suite, version, ratio), g in table[table["ratio"] > 1].groupby(
+        ["suite", "suite_version", "ratio"]
+    ):
+        rows = pd.concat([g, table[(table["suite"] == suite) & (table["method"] == "dense-ft")]])
+        rows = rows.assign(label=rows.apply(_label, axis=1))
+        palette = colours(rows["label"])
+        fig, ax = plt.subplots(figsize=(7.0, 4.4))
+        for label, h in rows.groupby("label"):
+            h = h.sort_values("budget_epochs")
+            control = h["method"].iloc[0] == "dense-ft"
+            ax.errorbar(
+                h["budget_epochs"],
+                h["autoattack"],
+                yerr=[h["autoattack"] - h["autoattack_min"], h["autoattack_max"] - h["autoattack"]],
+                marker="o",
+                ms=5,
+                capsize=3,
+                lw=1.8 if control else 1.3,
+                color="black" if control else palette[label],
+                label=f"{label} (control, ratio 1)" if control else label,
             )
-        shape = next(
-            (r["shape"] for _, rows in entries for r in rows if r["layer"] == layer and r["shape"]),
-            None,
+        ax.set_xscale("log")
+        budgets = sorted(rows["budget_epochs"].unique())
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("compute budget (AT-epochs)")
+        ax.set_ylabel("AutoAttack robust accuracy (%)\nmean over seeds, whiskers: worst to best")
+        ax.set_ylim(0, 101)
+        ax.set_title(
+            f"{suite} v{version} · ratio {ratio:g}: robust accuracy against compute", fontsize=10
         )
-        ax.set_title(layer + (f"  {'x'.join(map(str, shape))}" if shape else ""), fontsize=8)
-        ax.set_yscale("log")
-        low, high = ax.get_ylim()
-        if high > 30 * low:  # several decades: label the decades only
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.tick_params(which="both", labelsize=7)
-        ax.grid(alpha=0.3, which="both", lw=0.4)
-    for ax in axes.flat[len(layers) :]:
-        ax.axis("off")
-    legend = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(label, handle)
-    handles, labels = list(legend.values()), list(legend)
-    fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        ncol=min(6, len(labels)),
-        fontsize=8,
-        bbox_to_anchor=(0.5, 0),
-    )
-    fig.suptitle(
-        title + "\nsingular values of each layer's weight matrix (index 1 = largest; "
-        f"values below {FLOOR:g} x the largest drawn at that floor)",
-        fontsize=10,
-    )
-    fig.tight_layout(rect=(0, legend_height / height, 1, 1 - 0.1 / height))
-    return _save(fig, path)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        name = f"{suite}-v{version}-compute-axis-r{ratio:g}.png".lower()
+        images.append(
+            (f"robust accuracy against compute at ratio {ratio:g}", save(fig, out_dir / name))
+        )
+    return images
 
 
 def group_plots(
     table: pd.DataFrame, records: list[dict], out_dir: Path, slug: str, title: str
 ) -> list[tuple[str, Path]]:
-    """Every picture of one leaderboard table, as (alt text, path)."""
+    """Every picture of one leaderboard table, as (alt text, path), named by what it shows."""
+    from rbench.report.spectra_plots import layers_of, spectra
+
     images = [
         (
             "robust accuracy vs ratio",
@@ -233,17 +247,23 @@ def group_plots(
             clean_vs_robust(table, out_dir / f"{slug}-clean-vs-robust.png", title),
         ),
     ]
+    for ratio in sorted(r for r in table["ratio"].unique() if r > 1):
+        path = out_dir / f"{slug}-security-curves-r{ratio:g}.png"
+        images.append(
+            (f"security curves at ratio {ratio:g}", security_curves(table, ratio, path, title))
+        )
     # the lowest seed of each configuration stands for it; the dense model is the reference
     firsts: dict[tuple, dict] = {}
     for r in sorted(records, key=lambda r: r["seed"]):
-        key = (r["method"]["name"], r["method"]["variant"], r["budget"]["ratio"])
-        firsts.setdefault(key, r)
-    dense = [("dense", _layers(r.get("diagnostics"))) for k, r in firsts.items() if k[0] == "dense"]
+        firsts.setdefault((r["method"]["name"], r["method"]["variant"], r["budget"]["ratio"]), r)
+    dense = [
+        ("dense", layers_of(r.get("diagnostics"))) for k, r in firsts.items() if k[0] == "dense"
+    ]
     for ratio in sorted({k[2] for k in firsts if k[2] > 1}):
         entries = dense[:1] + [
-            (_label({"method": k[0], "variant": k[1]}), _layers(r.get("diagnostics")))
+            (_label({"method": k[0], "variant": k[1]}), layers_of(r.get("diagnostics")))
             for k, r in sorted(firsts.items())
-            if k[2] == ratio and k[0] != "dense"
+            if k[2] == ratio and k[0] not in ("dense", "dense-ft")
         ]
         path = spectra(
             entries, out_dir / f"{slug}-spectra-r{ratio:g}.png", f"{title} · ratio {ratio:g}"

@@ -24,7 +24,7 @@ BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
 def encoded_length(n: int) -> int:
     """Characters of the base64 text of n bits."""
-    return 4 * ((n + 7) // 8 + 2) // 3
+    return 4 * (((n + 7) // 8 + 2) // 3)
 
 
 def encode_points(correct: torch.Tensor | np.ndarray) -> str:
