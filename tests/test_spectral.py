@@ -292,6 +292,7 @@ def test_cli_diagnoses_a_checkpoint_and_a_record(tmp_path, cli, dense_checkpoint
 def test_runner_diagnoses_on_the_first_100_evaluation_points(tmp_path, digits, monkeypatch):
     import rbench.evaluate.spectral
     from rbench.core.config import RunConfig
+    from rbench.evaluation import diagnose
     from rbench.runner import Runner
 
     seen = {}
@@ -310,7 +311,7 @@ def test_runner_diagnoses_on_the_first_100_evaluation_points(tmp_path, digits, m
         cache_dir=str(tmp_path / "c"),
     )
     runner = Runner(cfg)
-    runner.diagnose(new_digits_model().eval(), digits)
+    diagnose(runner, new_digits_model().eval(), digits)
     n_eval = runner.protocol.n_eval
     torch.testing.assert_close(seen["x"], digits.test.images(slice(0, min(100, n_eval))))
     assert seen["shape"] == (1, 8, 8)
