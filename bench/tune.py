@@ -28,7 +28,7 @@ from rbench.store.cache import atomic_write_json
 from rbench.store.records import environment
 from rbench.store.tuning import SCHEMA, tuning_path
 
-MULTIPLES = (0.2, 0.4, 1.0)  # of the method's default rate
+MULTIPLES = (0.2, 0.4, 1.0, 2.0)  # of the method's default rate
 RATIO, SEED = 16.0, 0
 
 

@@ -10,6 +10,18 @@ from rbench.core.suites import DEFAULT_SUITE
 from rbench.report.tables import result_table
 
 
+class Typed(click.ParamType):
+    """A float that keeps the text it was typed as: (value, text), so that a record can say
+    exactly what was asked for (`--ratio 16.0000001` is not `--ratio 16`)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return click.FLOAT.convert(value, param, ctx), str(value).strip()
+
+
 @click.command()
 @click.option(
     "--method", "-m", required=True, help="Compression method (see `rbench list methods`)."
@@ -18,8 +30,8 @@ from rbench.report.tables import result_table
     "--ratio",
     "-r",
     required=True,
-    type=float,
-    help="Target compression ratio N_dense / N_stored, >= 1 (e.g. 16).",
+    type=Typed(),
+    help="Target compression ratio N_dense / N_stored, >= 1 (e.g. 16); recorded as typed.",
 )
 @click.option(
     "--suite",
@@ -74,6 +86,14 @@ from rbench.report.tables import result_table
     help="Use this dense model (.safetensors or a state dict) instead of training one.",
 )
 @click.option(
+    "--input-normalization",
+    type=click.Choice(["none", "suite"]),
+    default=None,
+    help="What the --dense-checkpoint's network expects: 'none' (it was trained on [0, 1] "
+    "pixels) or 'suite' (on pixels normalised by the suite's mean and std). Default: what the "
+    "checkpoint says (rbench's own files carry their normalisation); a bare network needs it.",
+)
+@click.option(
     "--results-dir", default="results", show_default=True, help="Where the JSON record is written."
 )
 @click.option(
@@ -105,6 +125,7 @@ def run(
     protocol,
     epochs,
     dense_checkpoint,
+    input_normalization,
     results_dir,
     cache_dir,
     quiet,
@@ -116,7 +137,9 @@ def run(
 
     cfg = RunConfig(
         method=method,
-        ratio=ratio,
+        ratio=ratio[0],
+        ratio_requested=ratio[1],
+        input_normalization=input_normalization,
         suite=suite,
         seed=seed,
         device=device,
@@ -156,11 +179,13 @@ def run(
 @click.command()
 @click.option("--method", "-m", required=True, help="Method whose fine-tuning rate to choose.")
 @click.option("--suite", "-s", default=DEFAULT_SUITE, show_default=True)
-@click.option("--ratio", "-r", default=16.0, show_default=True, type=float, help="Ratio tuned at.")
+@click.option(
+    "--ratio", "-r", default="16", show_default=True, type=Typed(), help="Ratio tuned at."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed tuned at.")
 @click.option(
     "--multiples",
-    default="0.2,0.4,1",
+    default="0.2,0.4,1,2",
     show_default=True,
     help="The grid: multiples of the method's default rate.",
 )
@@ -177,6 +202,8 @@ def tune(
     method, suite, ratio, seed, multiples, out, epochs, device, data_root, cache_dir, quiet, force
 ):
     """Choose METHOD's fine-tuning rate by the declared rule, on the validation split."""
+    from pathlib import Path
+
     from rbench.tune import tune as run_tune
 
     try:
@@ -185,9 +212,14 @@ def tune(
         raise RbenchError(f"--multiples takes comma-separated numbers, got '{multiples}'") from None
     if not grid or not all(0 < m < 1e3 for m in grid):
         raise RbenchError("--multiples must be positive numbers below 1000")
+    if len(set(grid)) != len(grid):
+        raise RbenchError(f"--multiples names a value twice: '{multiples}'")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RbenchError(f"--out '{out}' is a file, not a folder of tuning records")
     base = RunConfig(
         method=method,
-        ratio=ratio,
+        ratio=ratio[0],
+        ratio_requested=ratio[1],
         suite=suite,
         seed=seed,
         device=device,
@@ -221,8 +253,10 @@ def tune(
 @click.option("--results-dir", default="results", show_default=True)
 @click.option("--cache-dir", default=None)
 @click.option("--slurm-partition", default=None, help="Slurm partition (with --executor slurm).")
-@click.option("--slurm-gpus", default=1, show_default=True, type=int)
-@click.option("--slurm-timeout-min", default=24 * 60, show_default=True, type=int)
+@click.option("--slurm-gpus", default=1, show_default=True, type=click.IntRange(0, 64))
+@click.option(
+    "--slurm-timeout-min", default=24 * 60, show_default=True, type=click.IntRange(1, 10**6)
+)
 @click.option(
     "--max-parallel",
     type=click.IntRange(min=1),
@@ -251,6 +285,8 @@ def sweep(
     from rbench.sweep import sweep as run_sweep
 
     method_list, ratio_list, seed_list = parse_grid(methods, ratios, seeds, suite)
+    if executor != "slurm" and slurm_partition is not None:
+        raise RbenchError("--slurm-partition applies only with --executor slurm")
     base = RunConfig(
         method="",
         ratio=1,
