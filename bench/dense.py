@@ -19,13 +19,13 @@ from rbench.core.suites import Plateau, TrainRecipe
 from rbench.data.splits import BatchLoader, DataSplits, Split
 from rbench.store.cache import CorruptArtifact
 from rbench.store.checkpoint import (
+    fit_checkpoint,
     load_model_tensors,
     load_state,
     model_tensors,
     optimizer_tensors,
     read_checkpoint,
     restore_optimizer,
-    strip_model_prefix,
 )
 from rbench.train.trainer import fit_recipe, recipe_parts
 
@@ -87,11 +87,26 @@ class PlateauWatch:
         }
 
 
+def checkpoint_state(runner) -> tuple[dict, str]:
+    """The user's --dense-checkpoint as the suite's model's state dict and the source of its
+    input normalisation (rbench.store.checkpoint.fit_checkpoint); every refusal (unreadable,
+    another architecture, no normalisation said) is one RbenchError, raised before any compute."""
+    cfg = runner.cfg
+    source = f"checkpoint '{cfg.dense_checkpoint}'"
+    model = runner.new_model()
+    state, normalization = fit_checkpoint(
+        read_checkpoint(cfg.dense_checkpoint), model, cfg.input_normalization, source
+    )
+    load_state(model, state, source)
+    return state, normalization
+
+
 def dense_model(runner, data: DataSplits) -> tuple[nn.Module, dict]:
     """The dense model on the runner's device in eval mode, and what is known of how it was made."""
     cfg, store = runner.cfg, runner.store
     if cfg.dense_checkpoint:
-        read_checkpoint(cfg.dense_checkpoint)  # clear error before hashing a bad path
+        # checked by Runner.run before any compute; read here when called on its own (rbench tune)
+        state, normalization = getattr(runner, "checkpoint", None) or checkpoint_state(runner)
     key = runner.stages.keys["dense"] = runner.dense_key()
     model = runner.new_model()
     with store.lock("dense", key):
@@ -107,11 +122,12 @@ def dense_model(runner, data: DataSplits) -> tuple[nn.Module, dict]:
                 store.discard("dense", key)
         runner.stages.cached["dense"] = False
         if cfg.dense_checkpoint:
-            state = read_checkpoint(cfg.dense_checkpoint)
-            load_state(
-                model, strip_model_prefix(state, model), f"checkpoint '{cfg.dense_checkpoint}'"
-            )
-            meta = {"source": "checkpoint", "path": str(cfg.dense_checkpoint)}
+            model.load_state_dict(state)
+            meta = {
+                "source": "checkpoint",
+                "path": str(cfg.dense_checkpoint),
+                "input_normalization": normalization,
+            }
         else:
             meta = train_dense(runner, model, data, key)
         meta = store.save("dense", key, meta, model_tensors(model))

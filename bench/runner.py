@@ -6,7 +6,6 @@ attack. The record is written only after every stage succeeded, atomically."""
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from rbench.core.budget import Budget, ComputeMeter, measure_compression, verify
 from rbench.core.config import (
     RunConfig,
     Stages,
-    check_ratio,
+    check_run_config,
     check_writable,
     default_cache_dir,
     resolve_device,
@@ -26,10 +25,10 @@ from rbench.core.config import (
 from rbench.core.errors import RbenchError
 from rbench.core.registry import make_config
 from rbench.core.suites import Suite, get_suite
-from rbench.data.datasets import load_data
+from rbench.data.datasets import check_data_root, load_data
 from rbench.data.models import build_model
 from rbench.data.splits import DataSplits
-from rbench.dense import dense_model
+from rbench.dense import checkpoint_state, dense_model
 from rbench.evaluation import ShardDone, diagnose, evaluate
 from rbench.layers import finalize, rebuild, structure_of
 from rbench.methods import get_method
@@ -48,15 +47,8 @@ from rbench.train.context import Context
 class Runner:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        check_ratio(cfg.ratio)
-        if not 0 <= cfg.seed < 2**31:
-            raise RbenchError(f"--seed must be between 0 and 2^31-1, got {cfg.seed}")
-        if cfg.shard is not None and not (cfg.shard[1] >= 1 and 0 <= cfg.shard[0] < cfg.shard[1]):
-            raise RbenchError(
-                f"--shard must be i/n with 0 <= i < n, got {cfg.shard[0]}/{cfg.shard[1]}"
-            )
-        if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs >= 0):
-            raise RbenchError(f"--epochs must be a finite number >= 0, got {cfg.epochs}")
+        check_run_config(cfg)  # every option's declared range and the paths, before anything
+        check_data_root(self.suite.dataset, cfg.data_root)
         self.suite: Suite = get_suite(cfg.suite)
         self.method_cls = get_method(cfg.method)
         self.tuning = None
@@ -76,6 +68,7 @@ class Runner:
         check_writable(self.results_dir)
         check_writable(self.store.root)
         self.stages = Stages()
+        self.checkpoint: tuple[dict, str] | None = None  # --dense-checkpoint, read by run()
         self.latency: dict = {}
         self.budget = Budget(
             ratio=float(cfg.ratio),
@@ -99,7 +92,9 @@ class Runner:
 
     # -------------------------------------------------------------- stages
     def run(self) -> dict:
-        # refuse an unreachable budget before spending any compute on it
+        # refuse an unusable checkpoint and an unreachable budget before any compute
+        if self.cfg.dense_checkpoint:
+            self.checkpoint = checkpoint_state(self)
         self.method_cls(self.config).check(self.new_model(), self.budget)
         data = self._timed("data", lambda: load_data(self.suite.dataset, self.cfg.data_root))
         on_device = DataSplits(
@@ -138,7 +133,10 @@ class Runner:
         return record
 
     def dense_key(self) -> str:
-        return keys.dense_key(self.suite, self.cfg.seed, self.device, self.cfg.dense_checkpoint)
+        cfg = self.cfg
+        return keys.dense_key(
+            self.suite, cfg.seed, self.device, cfg.dense_checkpoint, cfg.input_normalization
+        )
 
     def evaluate_key(self) -> str:
         return keys.evaluate_key(

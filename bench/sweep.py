@@ -5,7 +5,6 @@ stop the others; a rerun skips the jobs whose records already exist (the manifes
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -17,7 +16,8 @@ from rbench.core.registry import nondefault
 from rbench.core.suites import Suite, get_suite, register_suite
 from rbench.runner import Runner
 from rbench.store.cache import atomic_write_json, content_hash
-from rbench.store.records import record_folder, record_stem
+from rbench.store.records import ratio_label, record_folder, record_stem
+from rbench.store.safejson import parse_data, read_data
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-r{self.ratio:g}-s{self.seed}"
+        return f"{self.method}-r{ratio_label(self.ratio)}-s{self.seed}"
 
 
 def run_job(cfg: RunConfig, suite: Suite | None = None, threads: int | None = None) -> dict:
@@ -68,9 +68,10 @@ def existing_record(base: RunConfig, job: Job) -> str | None:
     expected = nondefault(Runner(replace(base, method=job.method, ratio=job.ratio)).config)
     for path in sorted(folder.glob(f"{record_stem('harness', job.ratio, job.seed)}*.json")):
         try:
-            r = json.loads(path.read_text(encoding="utf-8"))
+            r = parse_data(path.read_text(encoding="utf-8"))
             if (
-                r["suite"]["version"] == suite.version
+                float(r["budget"]["ratio"]) == job.ratio
+                and r["suite"]["version"] == suite.version
                 and r["protocol"]["name"] == protocol
                 and float(r["budget"]["epochs"]) == epochs
                 and r["method"]["config_nondefault"] == expected
@@ -121,8 +122,11 @@ def sweep(
     each given an equal share of the threads); returns {job name: {"status": "done"|"failed",
     ...}} and keeps a manifest. Jobs go seed by seed, so each dense model is trained once early."""
     jobs = [Job(m, float(r), int(s)) for s, m, r in itertools.product(seeds, methods, ratios)]
+    for m in methods:  # every option of every job checked before anything is written
+        Runner(replace(base, method=m, ratio=ratios[0], seed=seeds[0]))
     path = manifest_path(base, jobs)
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest = read_data(path, "the sweep manifest") if path.is_file() else {}
+    before = dict(manifest)
     for j in jobs:
         done = manifest.get(j.name, {})
         if not (done.get("status") == "done" and Path(done["record"]).is_file()):
@@ -136,6 +140,8 @@ def sweep(
         f"({executor} executor); manifest {path}"
     )
     if not todo:
+        if manifest != before or not path.is_file():
+            atomic_write_json(path, manifest)  # the manifest named above exists
         return {j.name: manifest[j.name] for j in jobs}
     ex = _executor(executor, path.parent / f"{path.stem}-logs", slurm or {})
     suite = get_suite(base.suite)
@@ -167,20 +173,40 @@ def sweep(
     return {j.name: manifest[j.name] for j in jobs}
 
 
+def _items(text: str, option: str, example: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise RbenchError(f"{option} names nothing; give a comma-separated list, e.g. {example}")
+    if "" in items:
+        raise RbenchError(f"{option} '{text}' has an empty item")
+    if len(set(items)) != len(items):
+        raise RbenchError(f"{option} '{text}' names an item twice")
+    return items
+
+
 def parse_grid(methods: str, ratios: str, seeds: str, suite: str):
-    """The CLI's comma-separated lists, checked before anything is submitted."""
-    from rbench.core.config import check_ratio
+    """The CLI's comma-separated lists, each item checked by the run option's declaration
+    (rbench.core.config.RunConfig) before anything is submitted or written."""
+    from rbench.core.config import check_number_option
     from rbench.methods import get_method
 
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = _items(methods, "--methods", "magnitude,cstar")
     for m in method_list:
         get_method(m)
     get_suite(suite)
-    try:
-        ratio_list = [float(r) for r in ratios.split(",")]
-        seed_list = [int(s) for s in seeds.split(",")]
-    except ValueError:
-        raise RbenchError("--ratios and --seeds take comma-separated numbers") from None
-    for r in ratio_list:
-        check_ratio(r)
+    ratio_list, seed_list = [], []
+    for text in _items(ratios, "--ratios", "4,16"):
+        try:
+            ratio_list.append(float(text))
+        except ValueError:
+            raise RbenchError(f"--ratios: '{text}' is not a number") from None
+        check_number_option("ratio", ratio_list[-1], text)
+    for text in _items(seeds, "--seeds", "0,1,2"):
+        try:
+            seed_list.append(int(text))
+        except ValueError:
+            raise RbenchError(f"--seeds: '{text}' is not an integer") from None
+        check_number_option("seed", seed_list[-1], text)
+    if len(set(ratio_list)) != len(ratio_list):
+        raise RbenchError(f"--ratios '{ratios}' names a ratio twice")
     return method_list, ratio_list, seed_list

@@ -223,7 +223,8 @@ def test_entry_filed_under_another_suite(tmp_path):
         ('{"a": 1, "a": 2}', "key 'a' appears twice"),
         ("[1, 2]", "holds a JSON list"),
         ('{"schema": ', "is not valid JSON"),
-        ("[" * 100_000, "is not valid JSON"),
+        ("[" * 100_000, "nests 100000 levels deep, more than the 32 allowed"),
+        ('{"a": ' * 33 + "1" + "}" * 33, "nests 33 levels deep"),
     ],
 )
 def test_untrusted_json_is_refused(tmp_path, text, expected):

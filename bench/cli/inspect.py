@@ -49,17 +49,34 @@ def list_suites() -> None:
     type=click.IntRange(min=0),
     help="Test points of the local Lipschitz estimate (checkpoint only; 0 skips it).",
 )
+@click.option(
+    "--input-normalization",
+    type=click.Choice(["none", "suite"]),
+    default=None,
+    help="What a bare network's checkpoint expects (see `rbench run --help`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnostics as JSON.")
-def diagnose(record_path, checkpoint, suite, data_root, points, as_json) -> None:
+def diagnose(
+    record_path, checkpoint, suite, data_root, points, input_normalization, as_json
+) -> None:
     """Per-layer spectra of a record's model (--record) or of a checkpoint (--checkpoint)."""
     import json
 
     if (record_path is None) == (checkpoint is None):
         raise RbenchError("give exactly one of --record or --checkpoint")
     if record_path is not None:
+        if input_normalization is not None:
+            raise RbenchError("--input-normalization applies only with --checkpoint")
         diagnostics = record_diagnostics(record_path)
     else:
-        diagnostics = checkpoint_diagnostics(checkpoint, suite, data_root, points)
+        from rbench.core.suites import get_suite
+        from rbench.data.datasets import check_data_root
+
+        if data_root is not None:
+            check_data_root(get_suite(suite).dataset, data_root)
+        diagnostics = checkpoint_diagnostics(
+            checkpoint, suite, data_root, points, input_normalization
+        )
     if as_json:
         click.echo(json.dumps(diagnostics, indent=2))
         return

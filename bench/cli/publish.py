@@ -33,6 +33,11 @@ def leaderboard(record_dirs, local, out, no_plots) -> None:
     dirs = [Path(d) for d in record_dirs] or [ENTRIES]
     if local:
         dirs.append(Path("results"))
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RbenchError(f"--out '{out}' is a file; the leaderboard is written into a folder")
+    for folder in dirs:
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise RbenchError(f"--records '{folder}' is a file; give a folder of records")
     md, loaded = build(dirs, Path(out), plots=not no_plots)
     for line in loaded.skipped:
         click.echo(f"skipped {line}", err=True)
@@ -52,8 +57,14 @@ def validate(paths, require_protocol, quiet) -> None:
     """Check record JSON files (or folders of them) against the schema and the protocol.
 
     One line per problem; exit code 2 when any record fails."""
+    from rbench.core.suites import SUITES
     from rbench.report.validate import validate_paths
 
+    known = sorted({p.name for suite in SUITES.values() for p in suite.protocols})
+    if require_protocol is not None and require_protocol not in known:
+        raise RbenchError(
+            f"--protocol '{require_protocol}' is no suite's protocol; choose {', '.join(known)}"
+        )
     results = validate_paths(paths, require_protocol)
     if not results:
         raise RbenchError(f"no record files (*.json) under {', '.join(paths)}")
@@ -134,9 +145,26 @@ def check(
 
     Fails (exit 1), naming the method, the metric and the drop, when AutoAttack or PGD accuracy
     falls below the baseline by more than the Wilson bound of the new estimate plus the slack."""
-    from rbench.regress import Pinned, Tolerance, run_check
+    from pathlib import Path
 
-    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    from rbench.core.config import check_writable
+    from rbench.core.suites import get_suite
+    from rbench.regress import Pinned, Tolerance, run_check
+    from rbench.store.safejson import read_data
+
+    names = None  # every registered method; unknown names are refused before any run
+    if methods is not None:
+        names = [m.strip() for m in methods.split(",")]
+        if not any(names) or "" in names:
+            raise RbenchError(f"--methods '{methods}' has an empty item; e.g. magnitude,hydra")
+    get_suite(suite)
+    if Path(baseline).is_file():
+        read_data(baseline, "the baseline")  # size and nesting limits before it is parsed
+    for what, folder in (("--cache-dir", cache_dir), ("--results-dir", results_dir)):
+        if folder is not None:
+            if Path(folder).exists() and not Path(folder).is_dir():
+                raise RbenchError(f"{what} '{folder}' is a file, not a folder")
+            check_writable(Path(folder))
     report = run_check(
         Pinned(suite=suite),
         baseline_path=baseline,

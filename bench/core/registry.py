@@ -11,6 +11,7 @@ the method never sees the CLI, the evaluator or the leaderboard.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,6 +19,7 @@ from typing import ClassVar
 from torch import nn
 
 from rbench.core.errors import RbenchError, nearest
+from rbench.core.fields import Range, check_number, field_range
 
 KINDS = ("dense", "unstructured", "structured", "low-rank")
 
@@ -116,41 +118,55 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _coerce(value: str, annotation, key: str):
+def _number(value: str, kind: type, what: str, allowed: Range | None):
+    try:
+        number = kind(value)
+    except ValueError:
+        article = "an integer" if kind is int else "a float"
+        raise RbenchError(f"{what}={value}: expected {article}") from None
+    check_number(number, allowed, what, value)
+    return number
+
+
+def _coerce(value: str, annotation, key: str, allowed: Range | None = None):
+    """`--opt key=value` as the field's type, within its declared range (rbench.core.fields)."""
+    what = f"--opt {key}"
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
-            raise RbenchError(f"--opt {key}={value}: choose one of {', '.join(map(str, choices))}")
+            raise RbenchError(f"{what}={value}: choose one of {', '.join(map(str, choices))}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value.lower() == "none":
             return None
-        return _coerce(value, args[0], key)
-    try:
-        if annotation is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if annotation is int:
-            return int(value)
-        if annotation is float:
-            import math
-
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError
-            return number
-    except ValueError:
-        raise RbenchError(f"--opt {key}={value}: expected a {annotation.__name__}") from None
-    return value
+        return _coerce(value, args[0], key, allowed)
+    if origin is tuple:
+        kinds = typing.get_args(annotation)
+        parts = [p.strip() for p in value.split(",")]
+        if kinds[-1] is not Ellipsis and len(parts) != len(kinds):
+            raise RbenchError(f"{what}={value}: expected {len(kinds)} comma-separated values")
+        kinds = [kinds[0]] * len(parts) if kinds[-1] is Ellipsis else kinds
+        return tuple(_coerce(p, k, key, allowed) for p, k in zip(parts, kinds, strict=True))
+    if annotation is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise RbenchError(f"{what}={value}: expected a bool (true or false)")
+    if annotation in (int, float):
+        return _number(value, annotation, what, allowed)
+    if annotation is str:
+        if len(value) > 200 or not value.isprintable():
+            raise RbenchError(f"{what}: expected a short printable text")
+        return value
+    raise RbenchError(f"{what}: a field of type {annotation} cannot be set from the command line")
 
 
 def make_config(method: type[Method], opts: dict[str, str]) -> MethodConfig:
-    """The method's Config with `--opt key=value` overrides, typed by the dataclass fields."""
+    """The method's Config with `--opt key=value` overrides, each checked against the field's
+    type and declared range (rbench.core.fields) before anything runs."""
     fields = {f.name: f for f in dataclasses.fields(method.Config)}
     hints = typing.get_type_hints(method.Config)
     values = {}
@@ -160,7 +176,7 @@ def make_config(method: type[Method], opts: dict[str, str]) -> MethodConfig:
                 f"method '{method.name}' has no option '{key}'{nearest(key, list(fields))}; "
                 f"its options are {', '.join(fields)}"
             )
-        values[key] = _coerce(raw, hints[key], key)
+        values[key] = _coerce(raw, hints[key], key, field_range(method.name, fields[key]))
     config = method.Config(**values)
     if config.variant not in method.variants:
         raise RbenchError(

@@ -79,6 +79,20 @@ def _torchvision_splits(name: str, root: Path) -> DataSplits:
     return DataSplits(DATASETS[name], train, val, test)
 
 
+def check_data_root(name: str, data_root: str | Path | None) -> Path | None:
+    """The data root as a folder, or one clear error: a root given must be a folder, and a
+    dataset read from files needs one (checked before any compute)."""
+    info = DATASETS[name]
+    if data_root is None:
+        if not info.embedded:
+            raise RbenchError(f"dataset '{name}' needs --data-root; expected {info.source}")
+        return None
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise RbenchError(f"data root '{root}' is not a directory; expected {info.source}")
+    return root
+
+
 def load_data(name: str, data_root: str | Path | None = None) -> DataSplits:
     """Load a dataset's fixed train / val / test splits. Clear errors for missing or bad files."""
     if name not in DATASETS:
@@ -90,19 +104,17 @@ def load_data(name: str, data_root: str | Path | None = None) -> DataSplits:
     if name == "mnist5k":
         train, val, test = _permuted_splits(*_mnist5k(), n_val=500, n_test=1000)
         return DataSplits(info, train, val, test)
-    if data_root is None:
-        raise RbenchError(f"dataset '{name}' needs --data-root; expected {info.source}")
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise RbenchError(f"data root '{root}' is not a directory; expected {info.source}")
+    root = check_data_root(name, data_root)
     if name == "imagenet":
         from rbench.data.imagefolder import load_imagefolder
 
         return load_imagefolder(info, root / "imagenet")
     try:
         return _torchvision_splits(name, root)
-    except (RuntimeError, OSError, ValueError, EOFError, IndexError, KeyError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # torchvision's readers assert, index and unpickle: one line each
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, AssertionError):
+            reason = "a file is corrupt: it is not in the format torchvision reads"
         raise RbenchError(
             f"could not read {name} under '{root}' ({reason}); expected {info.source}"
         ) from None

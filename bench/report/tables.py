@@ -15,7 +15,18 @@ def _pct(entry: dict) -> str:
     return f"{100 * entry['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def requested_ratio(budget: dict) -> str:
+    """The requested ratio as typed, else as short as it can be written without being mistaken
+    for another ('16', but '16.0000001')."""
+    from rbench.store.records import ratio_label
+
+    typed = budget.get("ratio_requested")
+    return typed if typed is not None else ratio_label(budget["ratio"])
+
+
 def result_table(records: list[dict]) -> str:
+    """One row per record. Every accuracy in it is on the same points, the protocol's first
+    n_eval test points (clean accuracy on the whole test split stays in the record)."""
     rows = []
     for r in records:
         m, c = r["metrics"], r["compression"]
@@ -24,10 +35,10 @@ def result_table(records: list[dict]) -> str:
                 "suite": r["suite"]["name"],
                 "method": r["method"]["name"],
                 "variant": r["method"]["variant"],
-                "ratio (req)": f"{r['budget']['ratio']:g}",
+                "ratio (req)": requested_ratio(r["budget"]),
                 "ratio (measured)": f"{c['ratio']:.2f}",
                 "MACs ratio": f"{c['macs_ratio']:.2f}",
-                "clean %": _pct(m["clean"]),
+                "clean %": _pct(m.get("clean_eval_points", m["clean"])),
                 "PGD %": _pct(m["pgd"]),
                 "AutoAttack %": _pct(m["autoattack"]),
                 "compute (AT-ep)": f"{r['compute']['used_epochs']:.2f}/{r['compute']['budget_epochs']:g}",
@@ -38,35 +49,39 @@ def result_table(records: list[dict]) -> str:
 
 
 def record_diagnostics(path: str) -> dict:
-    import json
     from pathlib import Path
 
+    from rbench.report.validate import load_record_file
     from rbench.store.records import validate_record
 
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RbenchError(f"cannot read record '{path}': {exc}") from None
-    if not isinstance(record, dict):
-        raise RbenchError(f"record '{path}' is not a JSON object")
+    if Path(path).is_dir():
+        raise RbenchError(f"record '{path}' is a folder; give one record file")
+    if not Path(path).is_file():
+        raise RbenchError(f"record '{path}' does not exist")
+    record, problems = load_record_file(Path(path))
+    if record is None:
+        raise RbenchError(f"record '{path}' {problems[0]}")
     validate_record(record)
     if not record.get("diagnostics", {}).get("layers"):
         raise RbenchError(f"record '{path}' carries no spectral diagnostics; run it again")
     return record["diagnostics"]
 
 
-def checkpoint_diagnostics(path: str, suite_name: str, data_root, points: int) -> dict:
+def checkpoint_diagnostics(
+    path: str, suite_name: str, data_root, points: int, normalization: str | None = None
+) -> dict:
     from rbench.core.suites import get_suite
     from rbench.data.datasets import load_data
     from rbench.data.models import build_model
     from rbench.evaluate.spectral import diagnose
-    from rbench.store.checkpoint import load_state, read_checkpoint, strip_model_prefix
+    from rbench.store.checkpoint import fit_checkpoint, load_state, read_checkpoint
 
     suite = get_suite(suite_name)
     info = suite.data
     model = build_model(suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
-    state = read_checkpoint(path)
-    load_state(model, strip_model_prefix(state, model), f"checkpoint '{path}'")
+    source = f"checkpoint '{path}'"
+    state, _ = fit_checkpoint(read_checkpoint(path), model, normalization, source)
+    load_state(model, state, source)
     x = None
     if points:
         try:

@@ -25,55 +25,36 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import jsonschema
-
 from rbench.core.budget import ComputeMeter, max_stored
 from rbench.core.errors import RbenchError
 from rbench.core.suites import SUITES
 from rbench.evaluate.accuracy import UNRELIABLE, wilson_interval
 from rbench.store.cache import content_hash
 from rbench.store.points import record_points
-from rbench.store.records import RECORD_SCHEMA
+from rbench.store.records import schema_errors
+from rbench.store.safejson import UnsafeJSON, parse_data
 
 MAX_BYTES = 16 * 1024 * 1024  # a real record is tens of kilobytes
 MAX_LINE = 300  # characters of one problem line
 _TOL = 1e-6  # float slack of numbers that went through JSON
 _HEX = re.compile(r"^[0-9a-f]+$")
-_VALIDATOR = jsonschema.validators.validator_for(RECORD_SCHEMA)(RECORD_SCHEMA)
-
-
-class _Unsafe(ValueError):
-    pass
-
-
-def _no_constants(name: str):
-    raise _Unsafe(f"the JSON constant {name} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Unsafe(f"the key '{key}' appears twice in one object")
-        out[key] = value
-    return out
 
 
 def load_record_file(path: Path) -> tuple[dict | None, list[str]]:
-    """(record, []) or (None, [the reason it cannot be read as a record])."""
+    """(record, []) or (None, [the reason it cannot be read as a record]). The size and the
+    nesting depth are checked before the text is parsed (rbench.store.safejson)."""
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
             return None, [f"file is {size} bytes, more than the {MAX_BYTES} a record may have"]
-        text = path.read_text(encoding="utf-8")
-        record = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        record = parse_data(path.read_text(encoding="utf-8"))
     except OSError as exc:
         return None, [f"cannot be read ({exc.strerror or exc})"]
     except UnicodeDecodeError:
         return None, ["is not UTF-8 text"]
-    except _Unsafe as exc:
+    except UnsafeJSON as exc:
         return None, [f"is not acceptable JSON: {exc}"]
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
         return None, [f"is not valid JSON ({exc})"]
     if not isinstance(record, dict):
         return None, [f"holds a JSON {type(record).__name__}, not a record object"]
@@ -106,14 +87,10 @@ def record_files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, list[str]]
 
 
 def schema_problems(record: dict) -> list[str]:
-    """Every violation of the schema `rbench.store.records.validate_record` checks, one line each (that
-    function stops at the first)."""
-    out = []
-    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: [str(p) for p in e.path])
-    for error in errors:
-        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
-        out.append(f"schema: at {where}: {error.message}")
-    return out
+    """Every violation of the schema `rbench.store.records.validate_record` checks (a finite
+    number wherever it says number, within its range; no NaN or infinity anywhere), one line
+    each (that function stops at the first)."""
+    return [f"schema: at {where}: {message}" for where, message in schema_errors(record)]
 
 
 # ------------------------------------------------------------------------- protocol checks
@@ -185,6 +162,9 @@ def _ratio_problems(record: dict) -> list[str]:
         out.append(
             f"compression: ratio {c['ratio']} is not n_dense / n_stored = {n_dense}/{n_stored}"
         )
+    typed = record["budget"].get("ratio_requested")
+    if typed is not None and float(typed) != requested:
+        out.append(f"budget: ratio {requested!r} is not the ratio requested, '{typed}'")
     n_layers = sum(1 for r in rows if int(r["dense"]))
     limit = max_stored(n_dense, requested, n_layers)
     if n_stored > limit:

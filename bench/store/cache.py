@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,13 +42,65 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see old or new."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+_TMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+STALE_AFTER_S = 3600.0  # a temporary file no live writer of this host owns, or this old
+
+
+def _alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "w") as f:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Remove the temporary files that a killed writer left in `folder` (the hidden
+    `.<name>.<host>-<pid>.<random>.tmp` of `atomic_write_text` and `save_tensors`): those of a
+    dead process of this host, and any older than STALE_AFTER_S (other hosts' and the untagged
+    ones of earlier versions). Returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file()):
+            continue
+        tag = _TMP.match(entry.name)
+        mine = tag is not None and tag["host"] == _HOST
+        try:
+            old = now - entry.stat().st_mtime > STALE_AFTER_S
+            if (mine and int(tag["pid"]) != os.getpid() and not _alive(int(tag["pid"]))) or old:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # removed meanwhile, or not ours to remove
+    return removed
+
+
+def _temporary(path: Path) -> str:
+    """A new temporary file beside `path`, named for its writer (see remove_stale_tmp)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path.parent)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp"
+    )
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers see old or new. A
+    temporary file left by a killed writer is removed by the next write into the folder."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -62,9 +117,7 @@ def atomic_write_json(path: Path, obj) -> None:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Atomically save tensors as safetensors; returns the file's sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temporary(path)
     try:
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, tmp)

@@ -3,6 +3,7 @@ user-supplied checkpoints (safetensors, or a state dict read with `weights_only=
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -67,37 +68,115 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
+_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's archive, and its legacy pickle format
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    return len(head) > 9 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{"
+
+
+def _safe_torch_load(path: Path) -> object:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise RbenchError(
+                f"checkpoint '{path}' could not be loaded safely (weights_only=True): it holds "
+                f"Python objects{what}, not only tensors, and rbench never runs a checkpoint's "
+                "code; save model.state_dict() with torch.save, or a .safetensors file"
+            ) from None
+        raise RbenchError(
+            f"checkpoint '{path}' is not a readable torch checkpoint "
+            f"({type(exc).__name__}; truncated or not a torch.save file)"
+        ) from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A user's dense checkpoint: safetensors, or a torch state dict loaded with weights_only=True
-    (so a pickle carrying code is refused, never executed)."""
+    (so a pickle carrying code is refused, never executed). rbench's own cached models (keys
+    `model.*`) and DataParallel ones (`module.*`) are accepted as they are."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise RbenchError(f"checkpoint '{path}' is a folder, not a checkpoint file")
     if not path.is_file():
         raise RbenchError(f"checkpoint '{path}' does not exist")
-    if path.suffix == ".safetensors":
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head, size):
         try:
             state = load_tensors(path)
         except CorruptArtifact as exc:
             raise RbenchError(f"checkpoint {exc}") from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RbenchError(
-                f"checkpoint '{path}' could not be loaded safely (weights_only=True): {first[:200]}"
-            ) from None
+    elif head.startswith(_ZIP) or head.startswith(_PICKLE):
+        state = _safe_torch_load(path)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise RbenchError(f"checkpoint '{path}' is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    else:
+        raise RbenchError(
+            f"checkpoint '{path}' is neither a safetensors file nor a torch checkpoint "
+            "(a zip archive or a pickle written by torch.save)"
+        )
+    if not state:
+        raise RbenchError(f"checkpoint '{path}' holds no tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if all(k.startswith(("model.", "optim.")) for k in state):  # rbench's cache layout
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    return state
 
 
-def strip_model_prefix(state: dict, model: nn.Module) -> dict:
-    """Accept state dicts saved from the full Classifier or from its bare network."""
+def fit_checkpoint(
+    state: dict[str, torch.Tensor], model: nn.Module, normalization: str | None, source: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The checkpoint as a state dict of the suite's Classifier, and where its input
+    normalisation came from ("checkpoint", "none" or "suite").
+
+    The rule: a checkpoint of the whole Classifier (rbench's own: `normalize.mean/std` beside
+    `net.*`) says how its inputs are normalised, and an explicit `normalization` must agree with
+    it. A bare network (the keys of `net` alone, as other code saves them) says nothing, so the
+    caller must choose: "none" for a network trained on [0, 1] inputs (an identity Normalize is
+    put in front), "suite" for one trained on inputs normalised by the suite's mean and std."""
     own = model.state_dict()
-    if set(state) <= set(own):
-        return state
-    prefixed = {f"net.{k}": v for k, v in state.items()}
-    missing_norm = {k: own[k] for k in own if k.startswith("normalize.")}
-    return {**missing_norm, **prefixed} if set(prefixed) <= set(own) else state
+    norm_keys = [k for k in own if k.startswith("normalize.")]
+    if norm_keys and all(k in state for k in norm_keys):
+        if normalization is not None:
+            target = _normalize_state(own, norm_keys, normalization)
+            if not all(torch.allclose(state[k].float(), target[k].float()) for k in norm_keys):
+                held = ", ".join(f"{k}={state[k].flatten().tolist()}" for k in norm_keys)
+                raise RbenchError(
+                    f"{source} carries its own input normalisation ({held}), which is not "
+                    f"--input-normalization {normalization}; drop the option"
+                )
+        return state, "checkpoint"
+    bare = (
+        state
+        if all(k.startswith("net.") for k in state)
+        else {f"net.{k}": v for k, v in state.items()}
+    )
+    if not norm_keys or not set(bare) <= set(own):
+        return state, "checkpoint"  # load_state says what does not fit
+    if normalization is None:
+        raise RbenchError(
+            f"{source} holds a bare network that does not say how its inputs were normalised; "
+            "pass --input-normalization none (trained on [0, 1] pixels) or suite (trained on "
+            "pixels normalised by the suite's mean and std)"
+        )
+    return {**_normalize_state(own, norm_keys, normalization), **bare}, normalization
+
+
+def _normalize_state(own: dict, keys: list[str], normalization: str) -> dict:
+    if normalization == "suite":
+        return {k: own[k] for k in keys}
+    return {
+        k: torch.zeros_like(own[k]) if k.endswith("mean") else torch.ones_like(own[k]) for k in keys
+    }

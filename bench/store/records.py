@@ -4,32 +4,35 @@ atomically, and only after every stage succeeded."""
 
 from __future__ import annotations
 
-import platform
+import math
 import re
-import subprocess
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import jsonschema
 
-from rbench import __version__
 from rbench.core.errors import RbenchError
 from rbench.store.cache import atomic_write_json, content_hash
 from rbench.store.points import BASE64, ENCODING, POINT_KINDS
+from rbench.store.provenance import environment
 
 SCHEMA_ID = "rbench.record/2"
+NUMBER_TEXT = r"^\s*[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"  # a ratio as typed
 
+_UNIT = {"type": "number", "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 10**12}
 _ACC = {
     "type": "object",
     "required": ["accuracy", "correct", "n", "ci95"],
     "properties": {
-        "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
-        "correct": {"type": "integer", "minimum": 0},
-        "n": {"type": "integer", "minimum": 0},
-        "ci95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "accuracy": _UNIT,
+        "correct": _COUNT,
+        "n": _COUNT,
+        "ci95": {"type": "array", "items": _UNIT, "minItems": 2, "maxItems": 2},
     },
 }
+_EPOCHS = {"type": "number", "minimum": 0, "maximum": 1e4}  # RunConfig's range of --epochs
 
 _POINTS = {  # which evaluated points were correct, one base64 bit string per attack (store.points)
     "type": "object",
@@ -45,8 +48,8 @@ _CURVE = {  # robust accuracy against eps from a minimum-norm attack (evaluate.c
     "required": ["attack", "eps", "accuracy", "area", "median_norm", "n"],
     "properties": {
         "eps": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 2},
-        "accuracy": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
-        "area": {"type": "number", "minimum": 0, "maximum": 1},
+        "accuracy": {"type": "array", "items": _UNIT},
+        "area": _UNIT,
         "median_norm": {"type": ["number", "null"], "minimum": 0},
         "norms": {"type": "array", "items": {"type": ["number", "null"], "minimum": 0}},
     },
@@ -81,7 +84,7 @@ RECORD_SCHEMA = {
             "required": ["name", "version", "dataset", "arch", "threat"],
             "properties": {
                 "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$"},
-                "version": {"type": "integer"},
+                "version": {"type": "integer", "minimum": 1},
                 "threat": {
                     "type": "object",
                     "required": ["norm", "eps"],
@@ -101,25 +104,45 @@ RECORD_SCHEMA = {
                 "config": {"type": "object"},
             },
         },
-        "seed": {"type": "integer", "minimum": 0},
-        "protocol": {"type": "object", "required": ["name", "n_eval", "autoattack"]},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "protocol": {
+            "type": "object",
+            "required": ["name", "n_eval", "autoattack"],
+            "properties": {"n_eval": {"type": "integer", "minimum": 1, "maximum": 10**7}},
+        },
         "budget": {
             "type": "object",
             "required": ["ratio", "epochs"],
             "properties": {
                 "ratio": {"type": "number", "minimum": 1},
-                "epochs": {"type": "number", "minimum": 0},
+                # the --ratio text as typed (absent from records before it was kept)
+                "ratio_requested": {"type": "string", "pattern": NUMBER_TEXT, "maxLength": 40},
+                "epochs": _EPOCHS,
             },
         },
         "compression": {
             "type": "object",
             "required": ["n_dense", "n_stored", "ratio", "macs_ratio", "per_layer"],
             "properties": {
+                "n_dense": {**_COUNT, "minimum": 1},
+                "n_stored": _COUNT,
                 "ratio": {"type": "number", "exclusiveMinimum": 0},
-                "per_layer": {"type": "array"},
+                "macs_ratio": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                "per_layer": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["dense", "stored"],
+                        "properties": {"dense": _COUNT, "stored": _COUNT},
+                    },
+                },
             },
         },
-        "compute": {"type": "object", "required": ["used_epochs", "budget_epochs"]},
+        "compute": {
+            "type": "object",
+            "required": ["used_epochs", "budget_epochs"],
+            "properties": {"used_epochs": _EPOCHS, "budget_epochs": _EPOCHS},
+        },
         "metrics": {
             "type": "object",
             "required": ["clean", "pgd", "autoattack", "points", "security_curve"],
@@ -127,7 +150,9 @@ RECORD_SCHEMA = {
                 "clean": _ACC,
                 "clean_eval_points": _ACC,
                 "pgd": _ACC,
+                "pgd_margin": _ACC,
                 "autoattack": _ACC,
+                "eps_sweep_pgd10": {"type": "object", "additionalProperties": _UNIT},
                 "points": _POINTS,
                 "security_curve": _CURVE,
             },
@@ -153,55 +178,62 @@ RECORD_SCHEMA = {
 }
 
 
+def _finite_number(checker, instance) -> bool:
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and (
+        not isinstance(instance, float) or math.isfinite(instance)
+    )
+
+
+# "type": "number" means a finite number: NaN and infinities (which JSON cannot even write) fail
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
+)
+_VALIDATOR = _Validator(RECORD_SCHEMA)
+
+
+def nonfinite(obj, where: str = "") -> Iterator[str]:
+    """The paths of every NaN or infinite float anywhere in `obj`."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        yield where or "the top level"
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from nonfinite(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from nonfinite(value, f"{where}/{i}" if where else str(i))
+
+
+def schema_errors(record) -> list[tuple[str, str]]:
+    """(where, message) for every violation of RECORD_SCHEMA and every non-finite number."""
+    out = [
+        ("/".join(str(p) for p in e.absolute_path) or "the top level", e.message)
+        for e in sorted(_VALIDATOR.iter_errors(record), key=lambda e: [str(p) for p in e.path])
+    ]
+    reported = {where for where, _ in out}
+    out += [(w, "is not a finite number") for w in nonfinite(record) if w not in reported]
+    return out
+
+
 def validate_record(record: dict) -> None:
-    try:
-        jsonschema.validate(record, RECORD_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
-        raise RbenchError(f"record fails the schema at {where}: {exc.message}") from None
+    """Raise RbenchError at the first violation of the schema (a finite number where it says
+    number, within its range) or at the first NaN or infinity anywhere."""
+    errors = schema_errors(record)
+    if errors:
+        where, message = errors[0]
+        raise RbenchError(f"record fails the schema at {where}: {message}")
 
 
-def _pkg(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device) -> dict:
-    import torch
-
-    dev = str(device)
-    if device.type == "cuda":
-        dev = torch.cuda.get_device_name(device)
-    return {
-        "rbench": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": _pkg("torchvision"),
-        "pyautoattack": _pkg("pyautoattack"),
-        "foolbox": _pkg("foolbox"),
-        "numpy": _pkg("numpy"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "device": dev,
-        "threads": torch.get_num_threads(),
-        "git_sha": git_sha(),
-    }
+def finite_or_text(obj):
+    """Free-form sections (a method's report) as JSON can hold them: a NaN or infinite float
+    becomes its text ('nan', 'inf'), so the record says what happened and stays valid."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: finite_or_text(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_text(v) for v in obj]
+    return obj
 
 
 def build_record(*, runner, compression, compress_meta, metrics, flags, diagnostics, data) -> dict:
@@ -235,7 +267,11 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
         },
         "seed": cfg.seed,
         "protocol": asdict(runner.protocol),
-        "budget": {"ratio": runner.budget.ratio, "epochs": runner.budget.epochs},
+        "budget": {
+            "ratio": runner.budget.ratio,
+            "ratio_requested": cfg.ratio_requested or repr(float(cfg.ratio)),
+            "epochs": runner.budget.epochs,
+        },
         "compression": compression,
         "compute": {
             "used_epochs": compress_meta["compute_epochs"],
@@ -245,14 +281,14 @@ def build_record(*, runner, compression, compress_meta, metrics, flags, diagnost
         "dense": {k: v for k, v in runner.dense_meta.items() if k != "tensors_sha256"},
         "tuning": runner.tuning,
         "metrics": metrics,
-        "extra_metrics": compress_meta.get("method_report", {}),
+        "extra_metrics": finite_or_text(compress_meta.get("method_report", {})),
         "flags": flags,
         "unreliable": any(f in UNRELIABLE for f in flags),
         "diagnostics": diagnostics,
         "timings": runner.stages.timings,
         "latency": runner.latency,
         "cache": dict(keys),
-        "environment": environment(runner.device),
+        "environment": environment(runner.device, method),
         "hashes": {  # sha256 of the weights (safetensors files), and the dense stage's cache key
             "dense": runner.dense_meta.get("tensors_sha256"),
             "dense_stage_key": keys["dense"],
@@ -276,9 +312,16 @@ def record_folder(results_dir: Path | str, suite: str, method: str) -> Path:
     return Path(results_dir) / _component(suite) / _component(method)
 
 
+def ratio_label(ratio: float) -> str:
+    """A ratio as short as it can be written without being mistaken for another: '16', '2.5',
+    but '16.0000001' (never rounded to '16')."""
+    short = f"{float(ratio):g}"
+    return short if float(short) == float(ratio) else repr(float(ratio))
+
+
 def record_stem(variant: str, ratio: float, seed) -> str:
     """The file name of a record up to its run id: <variant>-r<ratio>-s<seed>-."""
-    return f"{_component(variant)}-r{float(ratio):g}-s{_component(seed)}-"
+    return f"{_component(variant)}-r{ratio_label(ratio)}-s{_component(seed)}-"
 
 
 def record_path(results_dir: Path, record: dict) -> Path:

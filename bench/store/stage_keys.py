@@ -29,10 +29,19 @@ def method_code_hash(method_cls: type[Method]) -> str:
     return content_hash(source, 16)
 
 
-def dense_key(suite: Suite, seed: int, device: torch.device, checkpoint: str | None) -> str:
+def dense_key(
+    suite: Suite,
+    seed: int,
+    device: torch.device,
+    checkpoint: str | None,
+    normalization: str | None = None,
+) -> str:
     if checkpoint:
         digest = sha256_file(Path(checkpoint).expanduser())
-        return content_hash({"checkpoint": digest, "arch": suite.arch, "dataset": suite.dataset})
+        key = {"checkpoint": digest, "arch": suite.arch, "dataset": suite.dataset}
+        if normalization is not None:  # --input-normalization (absent: the keys of before)
+            key["input_normalization"] = normalization
+        return content_hash(key)
     return content_hash(
         {
             "stage": STAGE_VERSIONS["dense"],

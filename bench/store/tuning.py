@@ -7,13 +7,13 @@ this summary into its record.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rbench.core.errors import RbenchError
 from rbench.core.registry import Method
 from rbench.core.suites import Suite
 from rbench.store.cache import content_hash
+from rbench.store.safejson import parse_data
 
 SCHEMA = "rbench.tuning/1"
 
@@ -28,7 +28,7 @@ def read_tuning(folder: Path | str, suite: Suite, method_cls: type[Method]) -> d
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_data(path.read_text(encoding="utf-8"))
         ok = (
             record.get("schema") == SCHEMA
             and record["suite"] == {"name": suite.name, "version": suite.version}
