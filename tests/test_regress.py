@@ -16,7 +16,7 @@ from rbench.core.registry import METHODS, Method, MethodConfig
 from rbench.core.suites import SUITES, AttackSpec, Protocol, Suite, ThreatModel, TrainRecipe
 from rbench.evaluate.accuracy import wilson_interval
 from rbench.layers import apply_masks, magnitude_masks
-from rbench.methods import load_methods
+from rbench.methods import get_method, load_methods
 
 # ------------------------------------------------------------------------- tolerance
 
@@ -159,6 +159,38 @@ def test_changed_pinned_settings_need_an_update(tmp_path, stub_runs):
         regress.run_check(regress.Pinned(ratio=8), baseline_path=baseline)
 
 
+def test_a_method_pin_sets_its_ratio_and_options_and_is_part_of_the_settings(monkeypatch):
+    seen = []
+
+    class FakeRunner:
+        def __init__(self, cfg):
+            seen.append(cfg)
+
+    monkeypatch.setattr(regress, "Runner", FakeRunner)
+    pinned = regress.Pinned(pins={"b": regress.MethodPin(ratio=2.0, opts=(("k", "v"),))})
+    a, b, d = _fake("a"), _fake("b"), _fake("d", kind="dense")
+    assert [pinned.ratio_for(m) for m in (a, b, d)] == [4.0, 2.0, 1.0]
+    assert pinned.opts_for(a) == () and pinned.opts_for(b) == (("k", "v"),)
+    with pytest.raises(AttributeError):  # FakeRunner stops after the config is built
+        regress.measure(b, pinned, device="cpu", dense_cache=Path("."), scratch=Path("."),
+                        results_dir=Path("."), fresh=True, quiet=True)  # fmt: skip
+    assert (seen[0].method, seen[0].ratio, seen[0].opts) == ("b", 2.0, (("k", "v"),))
+    settings = pinned.describe()
+    assert settings["method_pins"] == {"b": {"ratio": 2.0, "opts": {"k": "v"}}}
+    assert json.loads(json.dumps(settings)) == settings  # compares equal once read back
+    assert settings != regress.Pinned(pins={}).describe()
+    lth = regress.Pinned()
+    assert lth.opts_for(get_method("lth-adv")) == (("rewind_to", "round0_trained"),)
+    assert lth.ratio_for(get_method("lth-adv")) == 4.0
+
+
+def test_a_method_at_chance_is_named(tmp_path, stub_runs):
+    stub_runs(good=(60, 65), chance=(6, 15))
+    report = regress.run_check(baseline_path=tmp_path / "b.json", update=True)
+    (line,) = [m for m in report.messages if m.startswith("AT CHANCE")]
+    assert line.startswith("AT CHANCE chance: robust accuracy 15.0% is at most 1.5 x chance")
+
+
 def test_cli_check_exit_codes(tmp_path, stub_runs, cli):
     baseline = str(tmp_path / "baseline.json")
     stub_runs(a=(60, 65))
@@ -177,6 +209,9 @@ def test_committed_baseline_matches_the_pinned_run():
     assert section["pinned"] == regress.Pinned().describe()
     assert {"dense", "magnitude"} <= set(section["methods"])
     assert section["methods"]["dense"]["ratio"] == 1
+    for name, entry in section["methods"].items():  # a baseline at chance guards nothing
+        best = max(entry[m]["accuracy"] for m in regress.METRICS)
+        assert best > regress.CHANCE / 10, f"{name} is at chance in the baseline"
 
 
 # ------------------------------------------------------------------------- end to end
