@@ -358,16 +358,19 @@ def test_plots_are_written_and_linked(tmp_path):
         for r in (2, 8)
         for s in (0, 1)
     ]
-    records[-1]["diagnostics"] = {
+    records += [make_record("dense-ft", 1, aa=62), make_record("hydra", 8, aa=30, budget=1.0)]
+    records[-3]["diagnostics"] = {
         "layers": [1, {"layer": 3}, {"layer": "x", "singular_values": ["a", -1, 1e300]}],
         "summary": [],
     }  # malformed, yet schema-valid
     md_path, loaded = build([write(tmp_path / "in", records)], tmp_path / "out")
     assert not loaded.skipped  # rendered; its malformed spectra are left out of the plots
     links = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md_path.read_text())
-    # robust vs ratio, clean vs robust, security curves and spectra at ratios 2 and 8
-    assert len(links) == 6
-    assert all("-v3-standard-n100-4ep-" in link for link in links)
+    # robust vs ratio, clean vs robust, security curves and spectra at ratios 2 and 8, and the
+    # compute axis (hydra at 1 and 4 AT-epochs against the control)
+    assert len(links) == 7
+    assert sum("-v3-standard-n100-4ep-" in link for link in links) == 6
+    assert "plots/digits-v3-compute-axis-r8.png" in links
     for link in links:
         png = tmp_path / "out" / link
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -127,7 +127,7 @@ def _ranked_section(key, g: pd.DataFrame, members: list[dict], plot_dir, slug) -
     return lines, {"title": title, "main": main, "plots": [p.name for _, p in images]}
 
 
-def _budget_section(parts: list, plot_dir, plots_on: bool) -> list[str]:
+def _budget_section(parts: list, everything: pd.DataFrame, plot_dir, plots_on: bool) -> list[str]:
     """Rows at budgets other than the suite's: the compute axis, unranked."""
     from rbench.report import plots
 
@@ -156,7 +156,21 @@ def _budget_section(parts: list, plot_dir, plots_on: bool) -> list[str]:
     ]
     lines += ["", _table(rows)]
     if plots_on:
-        images = plots.compute_axis(table, plot_dir)
+        # every budget of the same suite, protocol and ratio, the suite's own included
+        keys = set(zip(table["suite"], table["suite_version"], table["protocol_key"], strict=True))
+        same = everything[
+            [
+                k in keys
+                for k in zip(
+                    everything["suite"],
+                    everything["suite_version"],
+                    everything["protocol_key"],
+                    strict=True,
+                )
+            ]
+        ]
+        ratios = set(table["ratio"]) - {1.0}
+        images = plots.compute_axis(same[same["ratio"].isin(ratios | {1.0})], plot_dir)
         lines += ["", " ".join(f"![{alt}](plots/{p.name})" for alt, p in images)]
     return lines
 
@@ -193,7 +207,7 @@ def render(loaded: Loaded, out_dir: Path, sources: list[Path], plots: bool = Tru
         section, doc = _ranked_section(key, g, members, out_dir / "plots", slug if plots else None)
         lines += section
         groups.append({"key": dict(zip(GROUP, map(str, key), strict=True)), **doc})
-    lines += _budget_section(other, out_dir / "plots", plots)
+    lines += _budget_section(other, table, out_dir / "plots", plots)
     if not groups and not other:
         lines += ["", "No records yet."]
     if loaded.skipped:
