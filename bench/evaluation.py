@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rbench.core import progress as show
 from rbench.data.splits import DataSplits
 from rbench.evaluate import accuracy as ev
 from rbench.evaluate.curves import above_autoattack, curve_entry, minimal_perturbations
@@ -29,8 +30,10 @@ class ShardDone(Exception):
         self.shard, self.ranges = shard, ranges
 
 
-def cached_attack(runner, name: str, compute, dtype=torch.uint8):
-    """One attack's per-point result, cached on its own so a killed evaluation resumes."""
+def cached_attack(runner, name: str, compute, dtype=torch.uint8, points: int | None = None):
+    """One attack's per-point result, cached on its own so a killed evaluation resumes. With
+    `points`, `compute` takes a progress callback (points attacked, robust so far) and a bar
+    shows them (rbench.core.progress: on a terminal, not under -q)."""
     key = f"{runner.stages.keys['evaluate']}-{name}"
     if runner.store.has("evaluate", key):
         try:
@@ -41,7 +44,11 @@ def cached_attack(runner, name: str, compute, dtype=torch.uint8):
             runner.say(f"evaluate: cached '{name}' result is corrupt; computing it again")
             runner.store.discard("evaluate", key)
     runner.say(f"evaluate: {name}")
-    result, flags = compute()
+    if points is None:
+        result, flags = compute()
+    else:
+        with show.bar(f"evaluate: {name}", points, unit="pt", quiet=runner.cfg.quiet) as bar:
+            result, flags = compute(show.points_reporter(bar))
     runner.store.save("evaluate", key, {"flags": flags}, {"correct": result.to(dtype)})
     return result, flags
 
@@ -58,17 +65,22 @@ def autoattack(runner, model: nn.Module, points) -> tuple[torch.Tensor, dict]:
         index, count = cfg.shard
         mine = [c for c in mine if c % count == index]
     results, flags = {}, {}
-    for c in mine:
-        start, stop = chunks[c]
-        part = points.part(start, stop)
-        results[c], chunk_flags = cached_attack(
-            runner,
-            f"autoattack-{start}-{stop}",
-            lambda part=part: ev.autoattack_correct(
-                model, part, runner.suite.threat, protocol, runner.device, cfg.seed
-            ),
-        )
-        flags.update(chunk_flags)
+    total = sum(chunks[c][1] - chunks[c][0] for c in mine)
+    with show.bar(f"AutoAttack ({protocol.name})", total, unit="pt", quiet=cfg.quiet) as bar:
+        report, done, robust = show.points_reporter(bar), 0, 0
+        for c in mine:
+            start, stop = chunks[c]
+            part = points.part(start, stop)
+            results[c], chunk_flags = cached_attack(
+                runner,
+                f"autoattack-{start}-{stop}",
+                lambda part=part: ev.autoattack_correct(
+                    model, part, runner.suite.threat, protocol, runner.device, cfg.seed
+                ),
+            )
+            flags.update(chunk_flags)
+            done, robust = done + stop - start, robust + int(results[c].sum())
+            report(done, robust)  # per chunk: points attacked so far, robust so far
     if cfg.shard is not None:
         raise ShardDone(cfg.shard, [chunks[c] for c in mine])
     return torch.cat([results[c] for c in range(len(chunks))]), flags
@@ -96,15 +108,22 @@ def evaluate(runner, model: nn.Module, data: DataSplits) -> tuple[dict, dict]:
     pgd, _ = cached_attack(
         runner,
         "pgd",
-        lambda: (ev.pgd_correct(model, points, threat, protocol.pgd, device, seed), {}),
+        lambda bar: (
+            ev.pgd_correct(model, points, threat, protocol.pgd, device, seed, progress=bar),
+            {},
+        ),
+        points=n,
     )
     pgd_margin, _ = cached_attack(
         runner,
         "pgd-margin",
-        lambda: (
-            ev.pgd_correct(model, points, threat, protocol.pgd, device, seed, loss="margin"),
+        lambda bar: (
+            ev.pgd_correct(
+                model, points, threat, protocol.pgd, device, seed, loss="margin", progress=bar
+            ),
             {},
         ),
+        points=n,
     )
     aa, aa_flags = autoattack(runner, model, points)
     clean_points = clean[:n]
@@ -112,8 +131,9 @@ def evaluate(runner, model: nn.Module, data: DataSplits) -> tuple[dict, dict]:
     norms, _ = cached_attack(
         runner,
         "fmn",
-        lambda: (minimal_perturbations(model, points, threat, device), {}),
+        lambda bar: (minimal_perturbations(model, points, threat, device, progress=bar), {}),
         dtype=torch.float32,
+        points=n,
     )
     curve = curve_entry(norms, threat)
     metrics_native = {}

@@ -6,7 +6,6 @@ attack. The record is written only after every stage succeeded, atomically."""
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from rbench.core.config import (
     resolve_device,
 )
 from rbench.core.errors import RbenchError
+from rbench.core.progress import note
 from rbench.core.registry import make_config
 from rbench.core.suites import Suite, get_suite
 from rbench.data.datasets import check_data_root, load_data
@@ -78,7 +78,7 @@ class Runner:
     # -------------------------------------------------------------- helpers
     def say(self, message: str) -> None:
         if not self.cfg.quiet:
-            print(message, file=sys.stderr, flush=True)
+            note(message)  # rbench.core.progress: a line that does not break a live bar
 
     def new_model(self) -> nn.Module:
         info = self.suite.data

@@ -143,7 +143,9 @@ def sweep(
         if manifest != before or not path.is_file():
             atomic_write_json(path, manifest)  # the manifest named above exists
         return {j.name: manifest[j.name] for j in jobs}
-    ex = _executor(executor, path.parent / f"{path.stem}-logs", slurm or {})
+    logs = path.parent / f"{path.stem}-logs"
+    ex = _executor(executor, logs, slurm or {})
+    say(f"sweep: logs in {logs} (each job's <job id>_0_log.out and _0_log.err)")
     suite = get_suite(base.suite)
     cores = os.cpu_count() or 1
     if executor == "debug":
@@ -152,11 +154,16 @@ def sweep(
         max_parallel = cores if executor == "local" else len(todo)
     threads = max(1, cores // max_parallel) if executor == "local" else None
     pending, running = list(todo), []
+    counts = Counts(total=len(jobs), done=len(jobs) - len(todo))
     while pending or running:
         while pending and len(running) < max_parallel:
             j = pending.pop(0)
             cfg = replace(base, method=j.method, ratio=j.ratio, seed=j.seed)
-            running.append((j, ex.submit(run_job, cfg, suite, threads)))
+            handle = ex.submit(run_job, cfg, suite, threads)
+            running.append((j, handle))
+            say(f"  start  {j.name}: job {handle.job_id}, log {_log_of(handle)}")
+        counts.running, counts.waiting = len(running), len(pending)
+        say_counts(counts, say)
         finished = [(j, h) for j, h in running if executor == "debug" or h.done()]
         if not finished:
             time.sleep(poll_s)
@@ -165,12 +172,49 @@ def sweep(
             running.remove((job, handle))
             try:
                 manifest[job.name] = {"status": "done", **handle.result()}
-                say(f"  done   {job.name}: AutoAttack {manifest[job.name]['autoattack']:.3f}")
+                counts.done += 1
+                aa = manifest[job.name]["autoattack"]
+                say(f"  done   {job.name}: AutoAttack {100 * aa:.1f}%")
             except Exception as exc:  # one failed job must not stop the others
                 manifest[job.name] = {"status": "failed", "error": _failure(exc)}
-                say(f"  FAILED {job.name}: {manifest[job.name]['error']}")
+                counts.failed += 1
+                say(f"  FAILED {job.name}: {manifest[job.name]['error']} (log {_log_of(handle)})")
             atomic_write_json(path, manifest)
+    counts.running = 0
+    say_counts(counts, say)
     return {j.name: manifest[j.name] for j in jobs}
+
+
+@dataclass
+class Counts:
+    """The sweep's live job counts; a line is printed whenever they change."""
+
+    total: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    waiting: int = 0
+    shown: tuple = ()
+
+    def line(self) -> str:
+        return (
+            f"sweep: {self.done}/{self.total} done, {self.running} running, "
+            f"{self.failed} failed, {self.waiting} waiting"
+        )
+
+
+def say_counts(counts: Counts, say) -> None:
+    now = (counts.done, counts.running, counts.failed, counts.waiting)
+    if now != counts.shown:
+        counts.shown = now
+        say(counts.line())
+
+
+def _log_of(handle) -> str:
+    try:
+        return str(handle.paths.stderr)
+    except Exception:  # an executor without log files (debug)
+        return "none"
 
 
 def _items(text: str, option: str, example: str) -> list[str]:

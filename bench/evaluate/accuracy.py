@@ -56,13 +56,21 @@ def with_oom_retry(fn: Callable[[int], object], batch_size: int):
             batch_size //= 2
 
 
-def _batched(model, split: Split, device, batch_size: int, per_batch) -> torch.Tensor:
+def _batched(
+    model, split: Split, device, batch_size: int, per_batch, progress=None
+) -> torch.Tensor:
+    """per_batch(x, y) -> bool per point, over `split` in batches; `progress(done, correct)` after
+    each batch (rbench.core.progress.points_reporter)."""
+
     def run(bs: int) -> torch.Tensor:
-        out = []
+        out, correct = [], 0
         for start in range(0, len(split), bs):
             idx = slice(start, start + bs)
             x, y = split.images(idx).to(device), split.y[idx].to(device)
             out.append(per_batch(x, y).cpu())
+            if progress is not None:
+                correct += int(out[-1].sum())
+                progress(min(start + bs, len(split)), correct)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
     return with_oom_retry(run, batch_size)
@@ -83,9 +91,11 @@ def pgd_correct(
     seed: int = 0,
     batch_size: int = 500,
     loss: str = "ce",
+    progress=None,
 ) -> torch.Tensor:
     """Per point: still correct after every restart of PGD (worst case over restarts), with the
-    cross-entropy (the protocol's PGD) or the margin loss (the masking cross-check)."""
+    cross-entropy (the protocol's PGD) or the margin loss (the masking cross-check).
+    `progress(points attacked, robust so far)` after each batch."""
     model.eval()
     attack = spec.pgd(threat)
     gen = torch.Generator().manual_seed(seed)
@@ -98,7 +108,7 @@ def pgd_correct(
                 correct &= model(x_adv).argmax(1) == y
         return correct
 
-    return _batched(model, split, device, batch_size, per_batch)
+    return _batched(model, split, device, batch_size, per_batch, progress)
 
 
 class _FlagHandler(logging.Handler):

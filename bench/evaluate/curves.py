@@ -42,9 +42,11 @@ def minimal_perturbations(
     device,
     steps: int = FMN_STEPS,
     batch_size: int = 250,
+    progress=None,
 ) -> torch.Tensor:
     """Per point: the norm of the smallest adversarial perturbation FMN found; 0 for a point the
-    model already misclassifies, inf where FMN found none."""
+    model already misclassifies, inf where FMN found none. `progress(points attacked, robust at
+    the threat's eps so far)` after each batch."""
     import foolbox as fb
 
     if threat.norm not in NORMS:
@@ -64,6 +66,9 @@ def minimal_perturbations(
         norms = _distance(adv - x, threat.norm)
         norms = torch.where(success & fooled, norms, torch.full_like(norms, math.inf))
         out.append(torch.where(wrong, torch.zeros_like(norms), norms).cpu())
+        if progress is not None:
+            done = torch.cat(out)
+            progress(len(done), int((done > threat.eps_value).sum()))
     return torch.cat(out) if out else torch.zeros(0)
 
 

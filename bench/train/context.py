@@ -4,7 +4,6 @@ progress reporting. Methods train only through it, so every method's compute is 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from rbench.core.budget import Budget, ComputeMeter
 from rbench.core.errors import RbenchError
 from rbench.core.pgd import PGD
+from rbench.core.progress import epoch_counter, epochs_text, note
 from rbench.core.registry import SGDConfig
 from rbench.core.suites import Suite
 from rbench.data.splits import BatchLoader, DataSplits, Split
@@ -100,7 +100,7 @@ class Context:
         """Train `model` on the training split with the shared loop (train.fit), charging every
         forward-backward pass to the meter. `loss` is "adv" (PGD-AT), "ce", "mixed" or "trades"."""
         model.to(self.device)
-        self.log(f"{tag}: {epochs:g} epochs, loss {loss}, lr {lr:g}")
+        self.log(f"{tag}: {epochs_text(epochs)} epochs, loss {loss}, lr {lr:g}")
         watch = DivergenceWatch(tag, epochs, self.suite.data.num_classes)
         try:
             return fit(
@@ -181,12 +181,12 @@ class Context:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            print(f"  [{self.suite.name}] {message}", file=sys.stderr, flush=True)
+            note(f"  [{self.suite.name}] {message}")
 
     def _epoch_progress(self, tag: str, epochs: float):
         def show(epoch: int, stats: dict) -> None:
             self.log(
-                f"{tag} epoch {epoch + 1}/{epochs:g}: loss {stats['loss']:.3f}, "
+                f"{tag} epoch {epoch_counter(epoch, epochs)}: loss {stats['loss']:.3f}, "
                 f"train acc {stats['accuracy']:.3f}, compute {self.meter.used_epochs:.2f} AT-epochs"
             )
 

@@ -35,6 +35,8 @@ from torch import nn
 from rbench.core.budget import ComputeMeter
 from rbench.core.errors import RbenchError
 from rbench.core.pgd import PGD
+from rbench.core.progress import bar as progress_bar
+from rbench.core.progress import epoch_counter
 
 # forward-backward passes per sample of the training step itself (the attack is charged apart)
 LOSS_PASSES = {"ce": 1, "adv": 1, "mixed": 2, "trades": 2}
@@ -160,12 +162,9 @@ def train_epoch(
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite batch
     seen = 0
     batches = loader
-    if bar is not None:
-        from tqdm import tqdm
-
+    if bar is not None:  # a live bar on a terminal, silence in logs and CI (rbench.core.progress)
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
-        # disable=None: a live bar on a terminal, silence in logs and CI
-        batches = tqdm(loader, desc=bar, total=total, leave=False, disable=None)
+        batches = progress_bar(bar, total, unit="batch", iterable=loader)
     for b, (x, y) in enumerate(batches):
         if max_batches is not None and b >= max_batches:
             break
@@ -287,6 +286,7 @@ def fit(
         # in place: the parameters stay the same objects, so an optimiser built on them still works
         model.to(memory_format=torch.channels_last)
     attack_model = torch.compile(model) if compile else model
+    bar_name = epoch_kwargs.get("bar")
     loss_model = wrap(attack_model) if wrap is not None else attack_model
     try:
         for epoch in range(start_epoch, n_epochs):
@@ -309,6 +309,8 @@ def fit(
                     attack.random_start,
                 )
             last = total_steps - epoch * n_batches
+            if epoch_kwargs.get("bar") is not None:  # the bar names the epoch: "tag 2/2.49"
+                epoch_kwargs["bar"] = f"{bar_name} {epoch_counter(epoch, epochs)}"
             snapshot = _snapshot(model) if restore_on_divergence else None
             try:
                 stats = train_epoch(
