@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from rbench.core.errors import RbenchError
@@ -20,15 +22,32 @@ def list_() -> None:
     """List registered methods or suites."""
 
 
+_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print them as one JSON document (rbench.api)."
+)
+
+
 @list_.command("methods")
-def list_methods() -> None:
+@_JSON
+def list_methods(as_json) -> None:
     """Registered compression methods (in-tree and from installed plugins)."""
+    if as_json:
+        from rbench import api
+
+        click.echo(json.dumps({"methods": api.methods()}, indent=2, default=str))
+        return
     click.echo(methods_table())
 
 
 @list_.command("suites")
-def list_suites() -> None:
+@_JSON
+def list_suites(as_json) -> None:
     """Known suites: dataset, architecture, threat model, budget and protocols."""
+    if as_json:
+        from rbench import api
+
+        click.echo(json.dumps({"suites": api.suites()}, indent=2, default=str))
+        return
     click.echo(suites_table())
     click.echo("* the protocol a run uses unless --protocol says otherwise")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import click
 from tabulate import tabulate
 
@@ -133,6 +136,12 @@ def validate(paths, require_protocol, quiet) -> None:
 @click.option("--results-dir", default=None, help="Keep the runs' records here.")
 @click.option("--fresh", is_flag=True, help="Retrain the dense model instead of reusing it.")
 @click.option("--verbose", "-v", is_flag=True, help="Show each run's progress.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the comparison as one JSON document on stdout (progress: stderr).",
+)
 def check(
     suite,
     baseline,
@@ -145,6 +154,7 @@ def check(
     results_dir,
     fresh,
     verbose,
+    as_json,
 ) -> None:
     """Rerun the pinned regression suite and compare robust accuracy with the baseline.
 
@@ -194,9 +204,19 @@ def check(
         }
         for r in report.rows
     ]
-    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
-    for message in report.messages:
-        click.echo(message)
-    click.echo("check: " + ("FAILED" if report.failed else "passed"))
+    if as_json:  # one document on stdout: the rows (fractions), the messages, the outcome
+        document = {
+            "passed": not report.failed,
+            "baseline": str(report.baseline_path),
+            "updated": report.updated,
+            "rows": [{**asdict(r), "drop": r.drop} for r in report.rows],
+            "messages": report.messages,
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+        for message in report.messages:
+            click.echo(message)
+        click.echo("check: " + ("FAILED" if report.failed else "passed"))
     if report.failed:
         click.get_current_context().exit(1)

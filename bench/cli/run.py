@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from rbench.core.config import RunConfig, parse_opts, parse_shard
@@ -101,6 +103,12 @@ class Typed(click.ParamType):
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result row.")
 @click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the record as one JSON document on stdout and nothing else (progress: stderr).",
+)
+@click.option(
     "--tuning",
     default=None,
     metavar="DIR",
@@ -129,13 +137,14 @@ def run(
     results_dir,
     cache_dir,
     quiet,
+    as_json,
     tuning,
     shard,
 ) -> None:
     """Compress a suite's dense model with METHOD at RATIO and evaluate it."""
-    from rbench.runner import Runner
+    from rbench import api
 
-    cfg = RunConfig(
+    record = api.run(  # the Python API's code path (rbench.api)
         method=method,
         ratio=ratio[0],
         ratio_requested=ratio[1],
@@ -154,7 +163,9 @@ def run(
         shard=parse_shard(shard),
         tuning=tuning,
     )
-    record = Runner(cfg).run()
+    if as_json:  # one JSON document on stdout: the record as written, plus its _path
+        click.echo(json.dumps(record, indent=2))
+        return
     if "_shard" in record:
         done = ", ".join(f"{a}-{b}" for a, b in record["_ranges"]) or "none"
         click.echo(
@@ -263,6 +274,12 @@ def tune(
     default=None,
     help="Jobs running at once (default: one per CPU core locally, all on Slurm).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print every job's outcome as one JSON document on stdout (progress: stderr).",
+)
 def sweep(
     methods,
     ratios,
@@ -279,40 +296,39 @@ def sweep(
     slurm_gpus,
     slurm_timeout_min,
     max_parallel,
+    as_json,
 ) -> None:
     """Run every (method, ratio, seed) as its own job, sharing one cache; rerun to resume."""
+    from rbench import api
     from rbench.sweep import parse_grid
-    from rbench.sweep import sweep as run_sweep
 
     method_list, ratio_list, seed_list = parse_grid(methods, ratios, seeds, suite)
     if executor != "slurm" and slurm_partition is not None:
         raise RbenchError("--slurm-partition applies only with --executor slurm")
-    base = RunConfig(
-        method="",
-        ratio=1,
-        suite=suite,
+    slurm = {"timeout_min": slurm_timeout_min}
+    if executor == "slurm":
+        slurm.update(slurm_partition=slurm_partition, gpus_per_node=slurm_gpus)
+    results = api.sweep(  # the Python API's code path (rbench.api)
+        method_list,
+        ratio_list,
+        seed_list,
+        suite,
+        executor=executor,
+        slurm=slurm,
+        say=lambda m: click.echo(m, err=True),
+        max_parallel=max_parallel,
         protocol=protocol,
         epochs=epochs,
         tuning=tuning,
         data_root=data_root,
         results_dir=results_dir,
         cache_dir=cache_dir,
-        quiet=True,
-    )
-    slurm = {"timeout_min": slurm_timeout_min}
-    if executor == "slurm":
-        slurm.update(slurm_partition=slurm_partition, gpus_per_node=slurm_gpus)
-    results = run_sweep(
-        base,
-        method_list,
-        ratio_list,
-        seed_list,
-        executor,
-        slurm,
-        say=lambda m: click.echo(m, err=True),
-        max_parallel=max_parallel,
     )
     failed = [name for name, r in results.items() if r["status"] != "done"]
-    click.echo(f"{len(results) - len(failed)} done, {len(failed)} failed")
+    if as_json:
+        done = len(results) - len(failed)
+        click.echo(json.dumps({"done": done, "failed": len(failed), "jobs": results}, indent=2))
+    else:
+        click.echo(f"{len(results) - len(failed)} done, {len(failed)} failed")
     if failed:
         raise SystemExit(1)
