@@ -159,6 +159,17 @@ PROBLEMS = [
         "autoattack-robust but not clean-correct",
     ),
     ("curve rises", _set("metrics.security_curve.accuracy", [0.5] + [0.6] * 20), "rises with eps"),
+    # non-finite and out-of-range numbers: the schema itself refuses them (issue 14, item 2)
+    ("NaN accuracy", _set("metrics.autoattack.accuracy", float("nan")), "at metrics/autoattack"),
+    ("inf ratio", _set("compression.ratio", float("inf")), "at compression/ratio"),
+    ("NaN in a free section", _set("extra_metrics", {"loss": float("nan")}), "not a finite"),
+    ("interval above 1", _set("metrics.pgd.ci95", [0.5, 1.5]), "at metrics/pgd/ci95/1"),
+    ("negative count", _set("compression.n_stored", -5), "at compression/n_stored"),
+    ("compute 1e6 epochs", _set("compute.used_epochs", 1e6), "at compute/used_epochs"),
+    ("seed beyond 2^31", _set("seed", 2**31), "at seed"),
+    ("eps sweep above 1", _set("metrics.eps_sweep_pgd10", {"1x": 1.2}), "eps_sweep_pgd10/1x"),
+    ("typed ratio differs", _set("budget.ratio_requested", "16"), "not the ratio requested"),
+    ("typed ratio not a number", _set("budget.ratio_requested", "sixteen"), "does not match"),
 ]
 
 
@@ -166,6 +177,43 @@ def test_the_hand_built_record_is_valid():
     record = valid_record()
     validate_record(record)  # the harness's own schema check
     assert val.record_problems(record) == []
+    record["budget"]["ratio_requested"] = "4"  # what the harness now writes beside the ratio
+    assert val.record_problems(record) == []
+
+
+@pytest.mark.parametrize("where", ["metrics.autoattack.accuracy", "metrics.pgd.accuracy"])
+def test_nan_record_is_refused_by_the_schema_validate_and_the_leaderboard(tmp_path, cli, where):
+    """A record whose accuracy is NaN: the harness's own check refuses it, `rbench validate`
+    refuses the file (NaN is not JSON) with exit 2, and the leaderboard skips it, so it is
+    never ranked and never displaces the good record beside it."""
+    from rbench.core.errors import RbenchError
+    from rbench.report.leaderboard import load_records
+
+    good_record = valid_record()
+    good_record["metrics"]["eval_ids"] = {"split": "test", "first": 100, "ids_sha256": "0" * 64}
+    bad = copy.deepcopy(good_record)
+    _set(where, float("nan"))(bad)
+    with pytest.raises(RbenchError, match="record fails the schema at metrics/"):
+        validate_record(bad)
+    assert any("metrics/" in p for p in val.schema_problems(bad))
+    good = _write(tmp_path / "r" / "good.json", json.dumps(good_record))
+    # the same run id, read first: were it accepted, the good record would be its "duplicate"
+    nan = _write(tmp_path / "r" / "a-nan.json", json.dumps(bad))  # json writes NaN unless told
+    assert "NaN" in nan.read_text()
+    code, out, _ = cli("validate", str(nan))
+    assert code == 2 and "JSON constant NaN is not allowed" in out
+    loaded = load_records([tmp_path / "r"])
+    assert [r["_path"] for r in loaded.records] == [str(good)]
+    assert any(line.startswith(str(nan)) for line in loaded.skipped)
+
+
+def test_deeply_nested_record_is_skipped_by_the_leaderboard(tmp_path):
+    from rbench.report.leaderboard import load_records
+
+    deep = _write(tmp_path / "r" / "deep.json", "[" * 100_000 + "]" * 100_000)
+    loaded = load_records([tmp_path / "r"])
+    assert loaded.records == [] and "nests 100000 levels deep" in loaded.skipped[0], loaded.skipped
+    assert str(deep) in loaded.skipped[0]
 
 
 @pytest.mark.parametrize("kind,mutate,expected", PROBLEMS, ids=[p[0] for p in PROBLEMS])
