@@ -31,7 +31,13 @@ from rbench.core.suites import get_suite
 from rbench.data.datasets import load_data
 from rbench.data.splits import Split
 from rbench.evaluate import native
-from rbench.evaluate.accuracy import autoattack_correct, clean_correct, pgd_correct
+from rbench.evaluate.accuracy import (
+    autoattack_correct,
+    clean_correct,
+    eps_monotonicity,
+    pgd_correct,
+    wilson_interval,
+)
 from rbench.evaluate.curves import curve_entry, minimal_perturbations
 from rbench.runner import Runner
 from rbench.store.cache import content_hash
@@ -185,6 +191,15 @@ def test_pgd_correct_scores_exactly_the_robust_ids_within_ball_and_bounds(lookup
     assert torch.equal(margin, expected(points, ROBUST))
 
 
+def test_wilson_interval_and_the_eps_sweep(trained_digits_model, points):
+    assert wilson_interval(70, 100) == pytest.approx((0.604151, 0.781051), abs=1e-6)
+    sweep = eps_monotonicity(trained_digits_model, points, THREAT, "cpu")
+    assert list(sweep) == ["1x", "2x", "4x"]
+    assert sweep["1x"] > sweep["4x"]  # PGD-10 at 4 x eps breaks more than at eps
+    clean = float(clean_correct(trained_digits_model, points, "cpu").float().mean())
+    assert sweep["1x"] < clean
+
+
 def test_pgd_correct_attacks_in_batches_without_mixing_points(lookup, points):
     spec = SUITE.protocol("quick").pgd
     correct = pgd_correct(lookup, points, THREAT, spec, "cpu", seed=0, batch_size=7)
@@ -210,7 +225,8 @@ def test_security_curve_counts_exactly_the_robust_ids(lookup, points):
     assert torch.isinf(norms[robust]).all()
     assert (norms[wrong] == 0).all()
     fragile = norms[~robust & ~wrong]
-    assert ((fragile > 0) & (fragile <= EPS)).all()
+    boundary = 0.5 / (10 * 64)  # the L_inf distance of the fragile points' decision boundary
+    assert ((fragile >= boundary * (1 - TOL)) & (fragile <= 1.5 * boundary)).all()
     assert lookup.low >= 0.0 and lookup.high <= 1.0
     curve = curve_entry(norms, THREAT)
     at_eps = curve["eps"].index(round(EPS, 6))
@@ -224,6 +240,8 @@ def test_native_fgsm_stays_in_its_ball_and_scores_exactly_the_robust_ids(lookup,
     out = native.fgsm_accuracy(lookup, x, y, THREAT, "cpu")
     share = float(expected(points, ROBUST).float().mean())
     assert [row["accuracy"] for row in out["by_eps"]] == pytest.approx([share] * len(out["by_eps"]))
+    fractions = native.SETTINGS["fgsm"]["eps_fractions"]
+    assert [row["eps"] for row in out["by_eps"]] == pytest.approx([f * EPS for f in fractions])
     assert out["clean"] == pytest.approx(float((~expected(points, WRONG)).float().mean()))
     assert_in_ball_and_bounds(lookup, EPS)
 
@@ -238,8 +256,18 @@ def test_native_minimal_l2_finds_exactly_the_fragile_correct_points(
     fragile = ~expected(points, ROBUST) & ~expected(points, WRONG)
     assert entry["n"] == int((~expected(points, WRONG)).sum())  # correct points only
     assert entry["n_found"] == int(fragile.sum())  # never a robust one
-    assert 0 < entry["mean_l2"] < 0.1  # the boundary lies at L2 0.5 / 80
+    boundary = 0.5 / 80  # the L2 distance of the fragile points' decision boundary
+    assert (
+        boundary * (1 - TOL)
+        <= entry["mean_l2"]
+        < (1.25 if name == "deepfool_l2" else 20) * boundary
+    )
     assert lookup.low >= 0.0 and lookup.high <= 1.0
+    correct = ~expected(points, WRONG)
+    x_adv, found = native.minimal_l2(lookup, x[correct], y[correct], name, "cpu")
+    r = (x_adv - x[correct]).flatten(1).norm(dim=1)[found]
+    rho2 = (r / x[correct].flatten(1).norm(dim=1)[found]).mean()  # Guo et al.'s ||r|| / ||x||
+    assert entry["rho2"] == pytest.approx(float(rho2), rel=1e-5)
 
 
 # ------------------------------------------------------------------ through the real Runner

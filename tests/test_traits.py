@@ -15,7 +15,14 @@ from conftest import new_digits_model
 from torch import nn
 
 from rbench.core.budget import compressible_layers
-from rbench.layers import keep_counts, magnitude_masks, masks_of
+from rbench.layers import (
+    apply_masks,
+    keep_counts,
+    magnitude_masks,
+    mask_gradients,
+    masks_of,
+    reapply_masks,
+)
 from rbench.methods.hydra import Hydra
 from rbench.methods.lth_adv import LTHAdv, LTHAdvConfig
 from rbench.methods.magnitude import Magnitude, MagnitudeConfig
@@ -238,3 +245,18 @@ def test_magnitude_and_random_keep_exactly_floor_n_over_b(ratio):
         w = layers[path].weight.detach().abs()
         assert abs(int(mask.sum()) - w.numel() / ratio) < 1 + 1e-9  # uniform density
         assert w[mask].min() >= w[~mask].max()  # the largest |w| survive
+
+
+def test_masked_layers_get_no_gradient_and_stay_zero_after_a_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    mask = torch.rand(4, 8) < 0.5
+    apply_masks(model, {"0": mask})
+    model(torch.randn(5, 8)).square().sum().backward()
+    mask_gradients(model)
+    assert (model[0].weight_orig.grad[~mask] == 0).all()
+    assert (model[0].weight_orig.grad[mask] != 0).any()
+    with torch.no_grad():
+        model[0].weight_orig.add_(1.0)  # what momentum or weight decay would do
+    reapply_masks(model)
+    assert (model[0].weight_orig[~mask] == 0).all() and (model[0].weight_orig[mask] != 0).all()
