@@ -34,6 +34,13 @@ format:
 bench:  ## rbench's PGD-AT epoch and AutoAttack path against plain PyTorch (docs/performance.md)
 	$(BIN)/python -m rbench.perf.speed $(BENCH_ARGS)
 
+# One-line bugs in the evaluation, budget, losses, masks and method objectives, applied one at a
+# time in a scratch copy (the real files are never written), each against the fast tests that
+# guard that code; not part of CI (about an hour on a 2-core CPU). MUTANTS_ARGS="--only E01,T02".
+.PHONY: mutants
+mutants:  ## mutation score of the tests (tools/mutants.py, docs/mutation.md)
+	$(BIN)/python tools/mutants.py $(MUTANTS_ARGS)
+
 leaderboard:  ## regenerate leaderboard/LEADERBOARD.md, CSV, JSON and plots from leaderboard/entries
 	$(BIN)/rbench leaderboard
 
