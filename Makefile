@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint format bench leaderboard leaderboard-runs clean
+.PHONY: setup test test-fast lint format bench leaderboard leaderboard-runs clean browser
 
 setup:  ## create .venv and install rbench with its test tools at the tested versions
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,13 @@ test: lint  ## lint, every CPU test, and the regression check (what CI runs)
 
 test-fast: lint  ## lint, then the tests that need no long training
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not gpu and not slow" -q
+
+# Headless Chromium from Debian's packages, for the HTML leaderboard's browser test
+# (tests/test_html_board.py skips without it); selenium, which drives it, is in the test extra.
+browser:  ## install chromium and chromium-driver (apt; sudo unless root) for the browser test
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends chromium chromium-driver
+	@chromium --version && chromedriver --version
 
 lint:
 	$(BIN)/ruff check bench methods tests

@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from rbench.core.errors import RbenchError
 from rbench.core.suites import get_suite
-from rbench.report import markdown
+from rbench.report import html, markdown
 from rbench.report.rows import CONTROL, GROUP, aggregate, record_row
 from rbench.report.validate import load_record_file
 from rbench.store.cache import atomic_write_json, atomic_write_text
@@ -226,6 +226,7 @@ def render(loaded: Loaded, out_dir: Path, sources: list[Path], plots: bool = Tru
         "skipped": loaded.skipped,
     }
     atomic_write_json(out_dir / "leaderboard.json", document)
+    html.write_page(document, out_dir)  # index.html beside it (rbench.report.html)
     return md_path
 
 
