@@ -45,7 +45,8 @@ def result_table(records: list[dict]) -> str:
                 "protocol": f"{r['protocol']['name']} n={m['autoattack']['n']}",
             }
         )
-    return tabulate(rows, headers="keys", tablefmt="github")
+    # the cells are already text: tabulate would parse "16.0000001" and print it as "16"
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
 
 
 def record_diagnostics(path: str) -> dict:
