@@ -48,8 +48,8 @@ class Runner:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         check_run_config(cfg)  # every option's declared range and the paths, before anything
-        check_data_root(self.suite.dataset, cfg.data_root)
         self.suite: Suite = get_suite(cfg.suite)
+        check_data_root(self.suite.dataset, cfg.data_root)
         self.method_cls = get_method(cfg.method)
         self.tuning = None
         opts = dict(cfg.opts)
@@ -68,8 +68,8 @@ class Runner:
         check_writable(self.results_dir)
         check_writable(self.store.root)
         self.stages = Stages()
-        self.checkpoint: tuple[dict, str] | None = None  # --dense-checkpoint, read by run()
         self.latency: dict = {}
+        self.checkpoint: tuple[dict, str] | None = None  # --dense-checkpoint, read by run()
         self.budget = Budget(
             ratio=float(cfg.ratio),
             epochs=self.suite.compress_epochs if cfg.epochs is None else float(cfg.epochs),

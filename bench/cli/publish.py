@@ -68,14 +68,14 @@ def validate(paths, require_protocol, quiet) -> None:
         raise RbenchError(
             f"--protocol '{require_protocol}' is no suite's protocol; choose {', '.join(known)}"
         )
-    results = validate_paths(paths, require_protocol)
-    if not results:
-        raise RbenchError(f"no record files (*.json) under {', '.join(paths)}")
     from pathlib import Path
 
     for path in paths:  # a path that is not there is a typo, not a record with problems
         if not Path(path).exists() and not Path(path).is_symlink():
             raise RbenchError(f"'{path}' does not exist")
+    results = validate_paths(paths, require_protocol)
+    if not results:
+        raise RbenchError(f"no record files (*.json) under {', '.join(paths)}")
     failed = 0
     for path, problems in results.items():
         failed += bool(problems)
