@@ -118,7 +118,7 @@ def dense_model(runner, data: DataSplits) -> tuple[nn.Module, dict]:
                 runner.say(f"dense model: reusing the cached one ({store.dir('dense', key)})")
                 return model.to(runner.device).eval(), meta
             except CorruptArtifact as exc:
-                runner.say(f"dense model: cache entry is corrupt ({exc}); training it again")
+                runner.warn(f"dense model: cache entry is corrupt ({exc}); training it again")
                 store.discard("dense", key)
         runner.stages.cached["dense"] = False
         if cfg.dense_checkpoint:
@@ -156,7 +156,7 @@ def train_dense(runner, model: nn.Module, data: DataSplits, key: str) -> dict:
             watch_state = pmeta.get("plateau")
             runner.say(f"dense model: resuming training at epoch {start + 1}/{recipe.epochs}")
         except (CorruptArtifact, RbenchError, KeyError, ValueError) as exc:
-            runner.say(f"dense model: ignoring an unusable training checkpoint ({exc})")
+            runner.warn(f"dense model: ignoring an unusable training checkpoint ({exc})")
             start, watch_state = 0, None
     rule = recipe.plateau
     watch = PlateauWatch(rule, watch_state) if rule is not None else None

@@ -80,6 +80,11 @@ class Runner:
         if not self.cfg.quiet:
             note(message)  # rbench.core.progress: a line that does not break a live bar
 
+    def warn(self, message: str) -> None:
+        """A line shown even with --quiet: something the user should know happened (a corrupt
+        cache entry found and recomputed)."""
+        note(f"warning: {message}")
+
     def new_model(self) -> nn.Module:
         info = self.suite.data
         return build_model(self.suite.arch, info.input_shape, info.num_classes, info.mean, info.std)
@@ -165,7 +170,7 @@ class Runner:
                     self.say(f"compress: reusing the cached result of '{self.method_cls.name}'")
                     return model.to(self.device).eval(), meta
                 except (CorruptArtifact, RbenchError) as exc:
-                    self.say(f"compress: cache entry unusable ({exc}); compressing again")
+                    self.warn(f"compress: cache entry unusable ({exc}); compressing again")
                     self.store.discard("compress", key)
             self.stages.cached["compress"] = False
             meter = ComputeMeter(
