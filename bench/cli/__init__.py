@@ -4,6 +4,7 @@ print), one module a concern:
 - `run`: run one compression (`run`) or a grid of them (`sweep`).
 - `inspect`: look at what exists and at a model (`list methods`, `list suites`, `diagnose`).
 - `publish`: what goes onto the leaderboard (`leaderboard`, `validate`, `check`).
+- `export`: a suite's rows in another benchmark's entry format (`export --format robustbench`).
 
 Every user error is one line and exit code 2."""
 
@@ -14,6 +15,7 @@ import sys
 import click
 
 from rbench import __version__
+from rbench.cli.export import export
 from rbench.cli.inspect import diagnose, list_
 from rbench.cli.publish import check, leaderboard, validate
 from rbench.cli.run import run, sweep, tune
@@ -38,7 +40,7 @@ def cli() -> None:
     """
 
 
-for _command in (run, sweep, tune, list_, diagnose, leaderboard, validate, check):
+for _command in (run, sweep, tune, list_, diagnose, leaderboard, validate, check, export):
     cli.add_command(_command)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from rbench.core.errors import RbenchError
 from rbench.store.cache import CorruptArtifact, load_tensors
+from rbench.store.interop import foreign_layout, unwrap
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -102,7 +103,8 @@ def _safe_torch_load(path: Path) -> object:
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A user's dense checkpoint: safetensors, or a torch state dict loaded with weights_only=True
     (so a pickle carrying code is refused, never executed). rbench's own cached models (keys
-    `model.*`) and DataParallel ones (`module.*`) are accepted as they are."""
+    `model.*`) and DataParallel ones (`module.*`) are accepted as they are, and so is the state
+    dict inside a RobustBench-style container (rbench.store.interop.unwrap)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise RbenchError(f"checkpoint '{path}' is a folder, not a checkpoint file")
@@ -117,9 +119,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         except CorruptArtifact as exc:
             raise RbenchError(f"checkpoint {exc}") from None
     elif head.startswith(_ZIP) or head.startswith(_PICKLE):
-        state = _safe_torch_load(path)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+        state = unwrap(_safe_torch_load(path))  # RobustBench's {"state_dict": ...} and the like
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise RbenchError(f"checkpoint '{path}' is not a state dict of tensors")
     else:
@@ -147,6 +147,7 @@ def fit_checkpoint(
     caller must choose: "none" for a network trained on [0, 1] inputs (an identity Normalize is
     put in front), "suite" for one trained on inputs normalised by the suite's mean and std."""
     own = model.state_dict()
+    state = foreign_layout(state, set(own))  # RobustBench's WideResNet names (rbench.store.interop)
     norm_keys = [k for k in own if k.startswith("normalize.")]
     if norm_keys and all(k in state for k in norm_keys):
         if normalization is not None:
