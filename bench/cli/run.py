@@ -85,7 +85,9 @@ class Typed(click.ParamType):
     "--dense-checkpoint",
     type=str,
     default=None,
-    help="Use this dense model (.safetensors or a state dict) instead of training one.",
+    help="Use this dense model instead of training one: .safetensors or a state dict, also a "
+    "RobustBench-style file ({'state_dict': ...}, module. prefixes, RobustBench's WideResNet "
+    "names) or a timm state dict for a timm:<name> suite.",
 )
 @click.option(
     "--input-normalization",
