@@ -434,8 +434,28 @@ CASES: dict[str, Case] = {
         f"{command} --json: with a value": C(
             (*command.split(), "--json=1"), r"does not take a value|No such option '--json'"
         )
-        for command in ("run", "sweep", "check", "list methods", "list suites")
+        for command in ("run", "sweep", "check", "list methods", "list suites", "export")
     },
+    # ---- export (rbench.report.export)
+    "export: no suite": C(("export", "--out", "{in}/o"), r"Missing option '--suite'"),
+    "export --format: unknown": C(
+        ("export", *DIGITS, "--out", "{in}/o", "--format", "csv"), r"'csv' is not 'robustbench'"
+    ),
+    "export --suite: unknown": C(
+        ("export", "--suite", "nosuch", "--out", "{in}/o"), r"unknown suite"
+    ),
+    "export --out: an existing file": C(
+        ("export", *DIGITS, "--out", "{in}/f"), r"--out .* is a file", text_file("f", "x")
+    ),
+    "export --records: absent folder": C(
+        ("export", *DIGITS, "--out", "{in}/o", "--records", "/no/records"),
+        r"records folder .* does not exist",
+    ),
+    "export --protocol: not the suite's": C(
+        ("export", *DIGITS, "--out", "{in}/o", "--records", "{in}/r", "--protocol", "nosuch"),
+        r"has no protocol 'nosuch'",
+        folder("r"),
+    ),
     # ---- list
     "list: unknown listing": C(("list", "things"), r"No such command 'things'"),
     "list methods: an argument": C(("list", "methods", "extra"), r"unexpected extra argument"),

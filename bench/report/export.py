@@ -101,6 +101,7 @@ def export(
     if fmt not in FORMATS:
         raise RbenchError(f"unknown export format '{fmt}' (choose {', '.join(FORMATS)})")
     known = get_suite(suite)  # a typo is an error, not an empty export
+    known.protocol(protocol)  # and so is a protocol the suite does not have
     # the folder from rbench's own definition of the suite, never from a record's text
     folder = Path(out) / known.dataset / known.threat.norm
     loaded = load_records([Path(d) for d in dirs])
