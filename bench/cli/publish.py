@@ -45,6 +45,7 @@ def leaderboard(record_dirs, local, out, no_plots) -> None:
     for line in loaded.skipped:
         click.echo(f"skipped {line}", err=True)
     click.echo(f"{md}: {len(loaded.records)} records from {', '.join(map(str, dirs))}")
+    click.echo(f"web page: {md.parent / 'index.html'} (sortable, filterable; opens offline)")
 
 
 @click.command()
