@@ -246,3 +246,34 @@ def test_the_real_command_prints_one_line_too(tmp_path):
     assert lines[0].startswith("error: ") and "loaded safely" in lines[0], lines[0]
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_field_declares_its_range_in_its_metadata():
+    """How a new method or a plugin declares a field of its own: the metadata wins over the
+    shared name's range, and make_config checks it before anything runs."""
+    from dataclasses import dataclass, field
+
+    from rbench.core.errors import RbenchError
+    from rbench.core.fields import Range
+    from rbench.core.registry import Method, MethodConfig, make_config
+
+    @dataclass
+    class Config(MethodConfig):
+        lr: float = field(default=0.5, metadata={"range": "[0.1, 1)"})
+        steps: int = field(default=3, metadata={"range": "[1, 10]"})
+
+    class Own(Method):
+        name, kind, citation = "own", "dense", "none"
+
+    Own.Config = Config
+    assert make_config(Own, {"lr": "0.1", "steps": "10"}).steps == 10
+    for opts, message in (
+        ({"lr": "0.05"}, r"--opt lr must be a finite number in \[0.1, 1\), got 0.05"),
+        ({"lr": "1"}, r"in \[0.1, 1\)"),
+        ({"steps": "11"}, r"--opt steps must be a finite number in \[1, 10\], got 11"),
+    ):
+        with pytest.raises(RbenchError, match=message):
+            make_config(Own, opts)
+    assert str(Range.of("(0, inf)")) == "> 0" and 0 not in Range.of("(0, inf)")
+    with pytest.raises(ValueError, match="interval notation"):
+        Range.of("0..1")
