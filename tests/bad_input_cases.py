@@ -432,7 +432,7 @@ CASES: dict[str, Case] = {
     # ---- --json (machine-readable output, rbench.api): a flag takes no value
     **{
         f"{command} --json: with a value": C(
-            (*command.split(), "--json=1"), r"does not take a value|No such option '--json'"
+            (*command.split(), "--json=1"), r"does not take a value"
         )
         for command in ("run", "sweep", "check", "list methods", "list suites", "export")
     },
