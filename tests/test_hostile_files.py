@@ -123,6 +123,7 @@ def test_leaderboard_skips_hostile_records_and_writes_only_its_output(tmp_path):
         "out/LEADERBOARD.md",
         "out/leaderboard.csv",
         "out/leaderboard.json",
+        "out/index.html",  # the web page (rbench.report.html)
     }
 
 
