@@ -41,7 +41,7 @@ def cached_attack(runner, name: str, compute, dtype=torch.uint8, points: int | N
             value = tensors["correct"]
             return (value.bool() if dtype == torch.uint8 else value), meta.get("flags", {})
         except (CorruptArtifact, KeyError):
-            runner.say(f"evaluate: cached '{name}' result is corrupt; computing it again")
+            runner.warn(f"evaluate: cached '{name}' result is corrupt; computing it again")
             runner.store.discard("evaluate", key)
     runner.say(f"evaluate: {name}")
     if points is None:

@@ -13,19 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DPI = 110
-FLOOR = 1e-4  # spectra plots: values below this fraction of the panel's largest are clipped
-
-
-def _label(row) -> str:
-    return row["method"] if row["variant"] == "harness" else f"{row['method']} ({row['variant']})"
-
-
-def colours(labels) -> dict[str, tuple | str]:
-    """A fixed colour per method label (sorted), the dense reference always black."""
-    names = sorted(set(labels) - {"dense"})
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {"dense": "black", **{n: cmap(i % cmap.N) for i, n in enumerate(names)}}
+from rbench.report.figures import colours, label_of, save  # noqa: E402
+from rbench.report.spectra_plots import layers_of, spectra  # noqa: E402
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
@@ -41,13 +30,6 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
         if not beaten.any():
             keep.append(i)
     return table.loc[keep].sort_values("ratio")
-
-
-def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 REFERENCES = {"dense-ft": ("control: dense-ft", "-"), "dense": ("dense (no fine-tuning)", ":")}
@@ -72,7 +54,7 @@ def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
     """Mean over seeds per method and ratio; the whiskers span the worst to the best seed; the
     control and the dense model are horizontal reference lines."""
     compressed = table[table["ratio"] > 1]
-    compressed = compressed.assign(label=compressed.apply(_label, axis=1))
+    compressed = compressed.assign(label=compressed.apply(label_of, axis=1))
     palette = colours(compressed["label"])
     grid = sorted(compressed["ratio"].unique())
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
@@ -120,7 +102,7 @@ def robust_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path:
 
 def clean_vs_robust(table: pd.DataFrame, path: Path, title: str) -> Path:
     """One line per method through its ratios (low to high), the end points labelled."""
-    table = table.assign(label=table.apply(_label, axis=1))
+    table = table.assign(label=table.apply(label_of, axis=1))
     palette = colours(table["label"])
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for label, g in table.groupby("label"):
@@ -163,7 +145,7 @@ def security_curves(table: pd.DataFrame, ratio: float, path: Path, title: str) -
     rows = table[
         (table["ratio"] == ratio) | ((table["method"] == "dense-ft") & (table["ratio"] == 1))
     ]
-    rows = rows.assign(label=rows.apply(_label, axis=1))
+    rows = rows.assign(label=rows.apply(label_of, axis=1))
     palette = colours(rows["label"])
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     for _, r in rows.iterrows():
@@ -195,7 +177,7 @@ def compute_axis(table: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path]]:
         ["suite", "suite_version", "ratio"]
     ):
         rows = pd.concat([g, table[(table["suite"] == suite) & (table["method"] == "dense-ft")]])
-        rows = rows.assign(label=rows.apply(_label, axis=1))
+        rows = rows.assign(label=rows.apply(label_of, axis=1))
         palette = colours(rows["label"])
         fig, ax = plt.subplots(figsize=(7.0, 4.4))
         for label, h in rows.groupby("label"):
@@ -235,8 +217,6 @@ def group_plots(
     table: pd.DataFrame, records: list[dict], out_dir: Path, slug: str, title: str
 ) -> list[tuple[str, Path]]:
     """Every picture of one leaderboard table, as (alt text, path), named by what it shows."""
-    from rbench.report.spectra_plots import layers_of, spectra
-
     images = [
         (
             "robust accuracy vs ratio",
@@ -261,7 +241,7 @@ def group_plots(
     ]
     for ratio in sorted({k[2] for k in firsts if k[2] > 1}):
         entries = dense[:1] + [
-            (_label({"method": k[0], "variant": k[1]}), layers_of(r.get("diagnostics")))
+            (label_of({"method": k[0], "variant": k[1]}), layers_of(r.get("diagnostics")))
             for k, r in sorted(firsts.items())
             if k[2] == ratio and k[0] not in ("dense", "dense-ft")
         ]

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from rbench.report.plots import FLOOR, colours, save  # noqa: E402
+from rbench.report.figures import FLOOR, colours, save  # noqa: E402
 
 
 def layers_of(diagnostics) -> list[dict]:
