@@ -135,8 +135,14 @@ def test_autoattack_shows_points_and_robust_points_per_chunk(
 
 
 @pytest.mark.slow
-def test_a_sweep_prints_its_log_folder_and_live_job_counts(tmp_path):
+def test_a_sweep_prints_its_log_folder_and_live_job_counts(tmp_path, monkeypatch):
+    import pdb
+
     from rbench.sweep import sweep
+
+    # submitit's debug executor runs the jobs in this process (no worker start-up), and opens
+    # the debugger on a job's exception: not here
+    monkeypatch.setattr(pdb, "post_mortem", lambda *args, **kwargs: None)
 
     suite = tiny_digits("digits-sweep-counts", dense_epochs=1, compress_epochs=0.2, n_eval=10)
     with registered(suite) as name:
@@ -149,9 +155,7 @@ def test_a_sweep_prints_its_log_folder_and_live_job_counts(tmp_path):
             quiet=True,
         )
         messages: list[str] = []
-        results = sweep(
-            base, ["dense"], [1, 4], [0], executor="local", say=messages.append, max_parallel=1
-        )
+        results = sweep(base, ["dense"], [1, 4], [0], executor="debug", say=messages.append)
     assert results["dense-r1-s0"]["status"] == "done"
     assert results["dense-r4-s0"]["status"] == "failed"
     logs = next(m for m in messages if m.startswith("sweep: logs in "))
