@@ -14,7 +14,7 @@ import torch
 from conftest import new_digits_model
 from torch import nn
 
-from rbench.core.budget import compressible_layers
+from rbench.core.budget import compressible_layers, measure_compression
 from rbench.layers import (
     apply_masks,
     keep_counts,
@@ -260,3 +260,12 @@ def test_masked_layers_get_no_gradient_and_stay_zero_after_a_step():
         model[0].weight_orig.add_(1.0)  # what momentum or weight decay would do
     reapply_masks(model)
     assert (model[0].weight_orig[~mask] == 0).all() and (model[0].weight_orig[mask] != 0).all()
+
+
+def test_normalisation_parameters_are_reported_apart_not_counted():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10), nn.LayerNorm(10)
+    )
+    report = measure_compression(model, model, (1, 8, 8))
+    assert report["n_stored"] == report["n_dense"] == 4 * 9 + 144 * 10
+    assert report["other_parameters"] == 4 + 2 * 4 + 10 + 2 * 10  # biases, BN and LN affine

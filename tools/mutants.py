@@ -48,7 +48,9 @@ OBJECTIVE = "tests/test_objectives.py::test_each_phase_trains_on_its_papers_obje
 
 
 def method_tests(name: str) -> tuple[str, ...]:
-    return (OBJECTIVE, "tests/test_traits.py", f"tests/test_{name}.py")
+    """The objective and trait tests, then the method's own test file where it has one."""
+    own = f"tests/test_{name}.py"
+    return (OBJECTIVE, "tests/test_traits.py") + ((own,) if (ROOT / own).exists() else ())
 
 
 @dataclass(frozen=True)
