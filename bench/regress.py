@@ -11,8 +11,7 @@ run time on a 2-core CPU is in docs/findings.md ("harness").
 
 Caching: the dense model comes from the artifact cache (trained once, then shared by every method
 and every later check; `fresh=True` retrains it). The compress and evaluate stages are always
-recomputed, in a scratch cache that is deleted afterwards, because their cache keys do not hash
-the methods' code and a regression check that reused them could not see a change of code.
+recomputed, in a scratch cache deleted afterwards, so a change of shared code is always seen.
 
 Tolerance, per method and per metric (AutoAttack and PGD robust accuracy): with k of n points
 correct now and baseline accuracy p0, the check fails when
@@ -69,13 +68,14 @@ class MethodPin:
     opts: tuple[tuple[str, str], ...] = ()
 
 
-# Measured on digits, quick protocol, 1 AT-epoch, seed 0, 2-core x86_64 CPU (commands in the
-# lead's docs/findings.md, "harness"): lth-adv's default rewinding ("init") trains every round
-# from a fresh initialisation, and 1 AT-epoch shared by R + 1 = 8 trainings leaves it at chance:
-# AutoAttack 6% at ratio 4 and 2% at ratio 2 (clean 8.5% and 13%). Rewinding to the trained dense
-# model (the released code's `round0_trained`, the same rounds, pruning, rewinding and mixed loss)
-# is 49% at ratio 4 (clean 87.5%, PGD 63%), so the check guards that path at the common ratio.
-METHOD_PINS: dict[str, MethodPin] = {"lth-adv": MethodPin(opts=(("rewind_to", "round0_trained"),))}
+# Baselines at chance cannot show a regression (docs/findings.md, "radmm's ADMM ... lth-adv in
+# rbench check"): lth-adv's default rewinding is at chance within 1 AT-epoch (6% AutoAttack at
+# ratio 4), its released code's round0_trained is not (49%); random pruning at ratio 4 is (8%),
+# at ratio 2 it is not (42%).
+METHOD_PINS: dict[str, MethodPin] = {
+    "lth-adv": MethodPin(opts=(("rewind_to", "round0_trained"),)),
+    "random": MethodPin(ratio=2.0),
+}
 
 
 @dataclass(frozen=True)

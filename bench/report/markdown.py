@@ -42,6 +42,10 @@ def md(text) -> str:
     return re.sub(r"[|<>\[\]`*\\\n\r]", " ", str(text)).strip()[:80]
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def fmt(value, spec: str = ".1f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -140,7 +144,7 @@ def spectra_rows(table: pd.DataFrame) -> list[dict]:
                 "PGD %": pm(r["pgd"], r["pgd_std"]),
                 "worst seed AA %": fmt(r["autoattack_min"]) if r["n_seeds"] > 1 else "",
                 "compute (AT-ep)": f"{fmt(r['compute_used'], '.2f')} / {r['budget_epochs']:g}",
-                "tuned rate": fmt(r["tuned_rate"], "g") if r["tuned_rate"] is not None else "",
+                "tuned rate": "" if _missing(r["tuned_rate"]) else fmt(r["tuned_rate"], "g"),
             }
         )
     return out
