@@ -38,7 +38,8 @@ from rbench.evaluate.accuracy import (
     pgd_correct,
     wilson_interval,
 )
-from rbench.evaluate.curves import curve_entry, minimal_perturbations
+from rbench.evaluate.curves import above_autoattack, curve_entry, minimal_perturbations
+from rbench.report.rows import record_row
 from rbench.runner import Runner
 from rbench.store.cache import content_hash
 from rbench.store.points import record_points
@@ -289,21 +290,10 @@ class PlantedIds(Method):
         return IdLookup(points, kinds_of(points.ids.tolist()), inner=model)
 
 
-def test_the_runner_scores_exactly_the_robust_ids_of_the_recorded_points(
-    tmp_path, _trained_digits_state, digits, monkeypatch
-):
-    """Through compress -> evaluate -> record: per-point bits, counts, ids and curve are those of
-    the planted ids. AutoAttack is run for real, then told (as a faulty attack library might) that
-    the misclassified points are robust: the stage must AND them away with clean-correct."""
-    real = evaluation.ev.autoattack_correct
-
-    def lenient(model, split, *args, **kwargs):
-        correct, flags = real(model, split, *args, **kwargs)
-        return correct | ~clean_correct(model, split, "cpu"), flags
-
-    monkeypatch.setattr(evaluation.ev, "autoattack_correct", lenient)
+def run_planted(tmp_path, dense_state) -> dict:
+    """PlantedIds through the real Runner (quick protocol, N_POINTS points); the record."""
     ckpt = tmp_path / "dense.safetensors"
-    save_file({k: v.contiguous() for k, v in _trained_digits_state.items()}, ckpt)
+    save_file({k: v.contiguous() for k, v in dense_state.items()}, ckpt)
     # 40 points in AutoAttack chunks of 16: the chunks must be stitched back in id order
     suite = tiny_digits(
         IDS_SUITE, dense_epochs=1, compress_epochs=1, n_eval=N_POINTS, batch_size=16
@@ -325,7 +315,24 @@ def test_the_runner_scores_exactly_the_robust_ids_of_the_recorded_points(
     finally:
         METHODS.pop(PlantedIds.name)
     (path,) = (tmp_path / "results").rglob("*.json")
-    record = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def test_the_runner_scores_exactly_the_robust_ids_of_the_recorded_points(
+    tmp_path, _trained_digits_state, digits, monkeypatch
+):
+    """Through compress -> evaluate -> record: per-point bits, counts, ids and curve are those of
+    the planted ids. AutoAttack is run for real, then told (as a faulty attack library might) that
+    the misclassified points are robust: the stage must AND them away with clean-correct."""
+    real = evaluation.ev.autoattack_correct
+
+    def lenient(model, split, *args, **kwargs):
+        correct, flags = real(model, split, *args, **kwargs)
+        return correct | ~clean_correct(model, split, "cpu"), flags
+
+    monkeypatch.setattr(evaluation.ev, "autoattack_correct", lenient)
+    record = run_planted(tmp_path, _trained_digits_state)
+    assert "security_curve_above_autoattack" not in record["flags"]
     m = record["metrics"]
     points = digits.test.head(N_POINTS)
     robust, wrong = expected(points, ROBUST), expected(points, WRONG)
@@ -345,3 +352,39 @@ def test_the_runner_scores_exactly_the_robust_ids_of_the_recorded_points(
     assert all(v == 0 for v, w in zip(norms, wrong.tolist(), strict=True) if w)
     fgsm = m["native"]["fgsm"]["by_eps"]
     assert [row["accuracy"] for row in fgsm] == pytest.approx([k / N_POINTS] * len(fgsm))
+
+
+def test_a_curve_above_autoattack_is_flagged_on_known_bits():
+    """The cross-check's rule: FMN leaving significantly more points robust than AutoAttack fires,
+    a difference within noise (or FMN below AutoAttack) does not."""
+    n, eps = 100, 0.1
+    autoattack = torch.arange(n) < 40
+    norms = torch.where(torch.arange(n) < 60, math.inf, 0.01)  # 20 points AutoAttack breaks
+    assert "20 points robust that AutoAttack breaks" in above_autoattack(norms, autoattack, eps)
+    close = torch.where(torch.arange(n) < 42, math.inf, 0.01)  # 2 more: noise
+    assert above_autoattack(close, autoattack, eps) is None
+    below = torch.where(torch.arange(n) < 30, math.inf, 0.01)
+    assert above_autoattack(below, autoattack, eps) is None
+
+
+def test_a_minimum_norm_attack_weaker_than_autoattack_flags_the_record(
+    tmp_path, _trained_digits_state, digits, monkeypatch
+):
+    """A planted fault: the minimum-norm attack finds nothing on the fragile points (as FMN does
+    behind masked gradients) while AutoAttack breaks them. The record keeps the curve, flags it
+    as an upper bound, and the leaderboard row shows the flag."""
+    real = evaluation.minimal_perturbations
+
+    def blind(model, split, *args, **kwargs):
+        norms = real(model, split, *args, **kwargs)
+        return torch.where(norms > 0, math.inf, norms)  # every correct point "robust"
+
+    monkeypatch.setattr(evaluation, "minimal_perturbations", blind)
+    record = run_planted(tmp_path, _trained_digits_state)
+    points = digits.test.head(N_POINTS)
+    correct = ~expected(points, WRONG)
+    fragile = correct & ~expected(points, ROBUST)
+    message = record["flags"]["security_curve_above_autoattack"]
+    assert f"{int(fragile.sum())} points robust that AutoAttack breaks" in message
+    assert record["metrics"]["security_curve"]["norms"].count(None) == int(correct.sum())
+    assert "security_curve_above_autoattack" in record_row(record)["flags"].split(",")
