@@ -221,6 +221,25 @@ def test_planted_difference_gives_the_exact_mcnemar_result(tmp_path):
     assert rows[1]["p vs top"] == f"{expected:.2f}"
 
 
+def test_rows_evaluated_on_different_points_are_never_paired(tmp_path):
+    """Bits are paired only on the same seed and the same evaluated ids: a record whose points
+    differ (another ids hash) has no test against the others, so no rank separates it, however
+    far apart the counts are; on the same points the same counts are told apart."""
+    apart = make_record("magnitude", 4, aa=10)
+    apart["metrics"]["eval_ids"]["ids_sha256"] = "1" * 64
+    records = [make_record("hydra", 4, aa=90), apart]
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    assert [(r["method"], r["rank"], r["p vs top"]) for r in rows] == [
+        ("hydra", "1=", ""),
+        ("magnitude", "1=", ""),
+    ]
+    same = [make_record("hydra", 4, aa=90), make_record("magnitude", 4, aa=10)]
+    md_path, _ = build([write(tmp_path / "same", same)], tmp_path / "out2", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    assert [(r["method"], r["rank"]) for r in rows] == [("hydra", "1"), ("magnitude", "2")]
+
+
 def test_holm_and_the_detectable_difference():
     from rbench.report import paired
 

@@ -64,15 +64,17 @@ def holm(pvalues: dict[Hashable, float]) -> dict[Hashable, float]:
     return out
 
 
-def compare_all(rows: dict[str, dict[int, np.ndarray]]) -> dict[tuple[str, str], dict]:
-    """Every pair of rows {name: {seed: bits}} on their shared seeds, Holm-corrected together.
-    Pairs without a shared seed are left out (they cannot be paired)."""
+def compare_all(rows: dict[str, dict[Hashable, np.ndarray]]) -> dict[tuple[str, str], dict]:
+    """Every pair of rows {name: {stratum: bits}} on their shared strata, Holm-corrected together.
+    The leaderboard's stratum is (seed, hash of the evaluated ids): bits are paired only on the
+    same seed and the same points. Pairs without a shared stratum are left out (they cannot be
+    paired, and a rank never separates them)."""
     names, tests = sorted(rows), {}
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            seeds = sorted(set(rows[a]) & set(rows[b]))
-            if seeds:
-                tests[(a, b)] = stratified([(rows[a][s], rows[b][s]) for s in seeds])
+            shared = sorted(set(rows[a]) & set(rows[b]))
+            if shared:
+                tests[(a, b)] = stratified([(rows[a][k], rows[b][k]) for k in shared])
     adjusted = holm({k: t["p"] for k, t in tests.items()})
     for key, test in tests.items():
         test["p_holm"] = adjusted[key]

@@ -150,7 +150,10 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
         row["n_seeds"] = len(g)
         lo, hi = wilson_interval(int(g["aa_correct"].sum()), int(g["aa_n"].sum()))
         row["aa_ci_low"], row["aa_ci_high"] = 100 * lo, 100 * hi  # pooled over the seeds
-        row["bits"] = {int(s): b for s, b, i in zip(g["seed"], g["aa_bits"], g["ids"], strict=True)}
+        # a stratum is a seed on its evaluation points: only bits of the same points are paired
+        row["bits"] = {
+            (int(s), i): b for s, b, i in zip(g["seed"], g["aa_bits"], g["ids"], strict=True)
+        }
         row["ids"] = ",".join(sorted(set(g["ids"])))
         row["curve_eps"] = g["curve"].iloc[0][0]
         row["curve_mean"] = [
