@@ -39,10 +39,14 @@ def grid_values(method_cls: type[Method], suite: Suite, multiples=MULTIPLES) -> 
     return [float(f"{base * m:.6g}") for m in multiples]
 
 
-def _score(runner, value: float, n_val: int) -> dict:
-    """Compress with the rate fields at `value`; scores on the validation split only."""
+def _search_splits(runner) -> DataSplits:
+    """Training and validation splits on the run's device; the test split is never handed on."""
     data = load_data(runner.suite.dataset, runner.cfg.data_root)
-    splits = DataSplits(data.info, data.train.to(runner.device), data.val.to(runner.device), None)
+    return DataSplits(data.info, data.train.to(runner.device), data.val.to(runner.device), None)
+
+
+def _score(runner, value: float, n_val: int, splits: DataSplits) -> dict:
+    """Compress with the rate fields at `value`; scores on the validation split only."""
     dense, _ = dense_model(runner, splits)
     model, meta = runner.compress(dense, splits)
     verify_ratio(
@@ -95,12 +99,12 @@ def tune(
         raise RbenchError(f"method '{method_cls.name}' has no fine-tuning rate to tune")
     if set(fields) & {k for k, _ in base.opts}:
         raise RbenchError(f"--opt may not set a tuned field ({', '.join(fields)}) in a search")
-    points = []
+    points, splits = [], _search_splits(probe)  # loaded once for the whole grid
     for value in grid_values(method_cls, suite, multiples):
         opts = base.opts + tuple((f, repr(value)) for f in fields)
         cfg = RunConfig(**{**base.__dict__, "opts": opts})
         say(f"tune: {method_cls.name} with {', '.join(fields)} = {value:g}")
-        points.append(_score(Runner(cfg), value, n_val))
+        points.append(_score(Runner(cfg), value, n_val, splits))
     best = max(points, key=lambda p: (p["val_pgd"], p["val_clean"], -p["value"]))
     record = {
         "schema": SCHEMA,
