@@ -64,7 +64,7 @@ def autoattack(runner, model: nn.Module, points) -> tuple[torch.Tensor, dict]:
     if cfg.shard is not None:
         index, count = cfg.shard
         mine = [c for c in mine if c % count == index]
-    results, flags = {}, {}
+    results, flags = {}, []
     total = sum(chunks[c][1] - chunks[c][0] for c in mine)
     with show.bar(f"AutoAttack ({protocol.name})", total, unit="pt", quiet=cfg.quiet) as bar:
         report, done, robust = show.points_reporter(bar), 0, 0
@@ -78,12 +78,14 @@ def autoattack(runner, model: nn.Module, points) -> tuple[torch.Tensor, dict]:
                     model, part, runner.suite.threat, protocol, runner.device, cfg.seed
                 ),
             )
-            flags.update(chunk_flags)
+            flags.append(chunk_flags)
             done, robust = done + stop - start, robust + int(results[c].sum())
             report(done, robust)  # per chunk: points attacked so far, robust so far
     if cfg.shard is not None:
         raise ShardDone(cfg.shard, [chunks[c] for c in mine])
-    return torch.cat([results[c] for c in range(len(chunks))]), flags
+    return torch.cat([results[c] for c in range(len(chunks))]), ev.merge_autoattack_flags(
+        flags, len(points)
+    )
 
 
 def outcome_flags(clean: float, classes: int) -> dict[str, str]:

@@ -19,7 +19,7 @@ from rbench.core.config import RunConfig
 from rbench.core.errors import RbenchError
 from rbench.core.registry import METHODS, Method, MethodConfig, register_method
 from rbench.core.suites import get_suite
-from rbench.evaluate.accuracy import autoattack_correct
+from rbench.evaluate.accuracy import UNRELIABLE, autoattack_correct, merge_autoattack_flags
 from rbench.runner import Runner
 
 SUITE = "digits-integrity"
@@ -248,6 +248,45 @@ def test_a_dynamic_model_does_not_taint_later_evaluations(trained_digits_model, 
     assert "aa_dynamic_model" in flags
     _, flags = autoattack_correct(trained_digits_model, points, threat, protocol, "cpu")
     assert "aa_dynamic_model" not in flags, flags
+
+
+class DetachedOn(Wrapped):
+    """Zero input gradient inside the eps-balls of the given points (their graph is cut; digits'
+    test points lie at least 0.31 apart in L_inf, eps is 0.1), the honest model's gradient
+    elsewhere: a planted model with a known number of zero-gradient points."""
+
+    def __init__(self, model: nn.Module, anchors: torch.Tensor) -> None:
+        super().__init__(model)
+        self.register_buffer("anchors", anchors.flatten(1))
+
+    def forward(self, x):
+        with torch.no_grad():
+            near = (x.flatten(1)[:, None] - self.anchors[None]).abs().amax(2).min(1).values
+        cut = (near < 0.15)[:, None]
+        return torch.where(cut, self.model(x.detach()), self.model(x))
+
+
+@pytest.mark.parametrize("k,flag", [(1, "aa_zero_gradients_few"), (3, "aa_zero_gradients")])
+def test_a_few_zero_gradient_points_are_shown_and_many_make_the_record_unreliable(
+    trained_digits_model, digits, k, flag
+):
+    """pyautoattack's message names the count; over AutoAttack's chunks the counts add up, and
+    below 1% of the points (a bias under one point of accuracy) the flag is kept as
+    `aa_zero_gradients_few`, outside UNRELIABLE."""
+    protocol = get_suite("digits").protocol("quick")  # APGD-CE, then APGD-T (which checks)
+    points, threat = digits.test.head(200), get_suite("digits").threat
+    correct = torch.nonzero(trained_digits_model(points.images(slice(None))).argmax(1) == points.y)
+    cut = correct[:, 0][torch.tensor([0, -1, -2])[:k]]  # both chunks when k = 3
+    model = DetachedOn(trained_digits_model, points.images(cut)).eval()
+    _, flags_a = autoattack_correct(model, points.part(0, 100), threat, protocol, "cpu")
+    _, flags_b = autoattack_correct(model, points.part(100, 200), threat, protocol, "cpu")
+    merged = merge_autoattack_flags([flags_a, flags_b], 200)
+    assert set(merged) == {flag}, merged
+    assert f"{k} of 200 points with zero gradient" in merged[flag]
+    assert (flag in UNRELIABLE) == (k / 200 >= 0.01)
+    # a message without a count is kept as pyautoattack said it (strict), other flags pass through
+    kept = merge_autoattack_flags([{"aa_zero_gradients": "zero gradient!", "aa_x": "y"}], 200)
+    assert kept == {"aa_zero_gradients": "zero gradient!", "aa_x": "y"}
 
 
 # ------------------------------------------------------------------ 2. the harness's own count

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -131,7 +132,11 @@ class _FlagHandler(logging.Handler):
         message = record.getMessage()
         lowered = message.lower()
         name = next((f for p, f in self.PATTERNS.items() if p in lowered), "aa_warning")
-        self.flags[name] = " ".join(message.split())
+        message = " ".join(message.split())
+        if name == "aa_zero_gradients" and name in self.flags:
+            # checked once per APGD-DLR/targeted run: keep the largest count, not the last
+            message = max(self.flags[name], message, key=_zero_gradient_count)
+        self.flags[name] = message
 
 
 def _reset_dynamic_check() -> None:
@@ -193,6 +198,51 @@ def autoattack_correct(
     finally:
         logger.removeHandler(handler)
     return correct, handler.flags
+
+
+# pyautoattack's check names every evaluation with a point of zero gradient; such a point can
+# overstate robust accuracy by at most 1/n, so below this share of the points (under one point of
+# accuracy, less than the paired tests resolve) the flag is shown as `aa_zero_gradients_few` and
+# does not make the record unreliable
+ZERO_GRADIENT_SHARE = 0.01
+_ZERO_GRADIENT_COUNT = re.compile(r"there are (\d+) points? with zero gradient")
+
+
+def _zero_gradient_count(message: str) -> int:
+    found = _ZERO_GRADIENT_COUNT.search(message)
+    return int(found[1]) if found else -1
+
+
+def merge_autoattack_flags(parts: list[dict[str, str]], n: int) -> dict[str, str]:
+    """The flags of AutoAttack's chunks as one evaluation's: zero-gradient counts (pyautoattack
+    checks them at the start of each APGD-DLR / targeted run, on the points still robust) add up
+    over the chunks and are graded by their share of the n points (ZERO_GRADIENT_SHARE)."""
+    flags: dict[str, str] = {}
+    zero, unparsed = 0, None
+    for part in parts:
+        for name, message in part.items():
+            found = _ZERO_GRADIENT_COUNT.search(message) if name == "aa_zero_gradients" else None
+            if found:
+                zero += int(found[1])
+            elif name == "aa_zero_gradients":
+                unparsed = message  # no count to grade: kept as pyautoattack said it
+            else:
+                flags[name] = message
+    if unparsed is not None:
+        flags["aa_zero_gradients"] = unparsed
+    elif zero:
+        share = zero / max(n, 1)
+        text = (
+            f"pyautoattack found {zero} of {n} points with zero gradient: gradient attacks cannot "
+            f"start there, so robust accuracy may be overstated by up to {100 * share:.1f} points"
+        )
+        if share < ZERO_GRADIENT_SHARE:
+            flags["aa_zero_gradients_few"] = (
+                f"{text} (below {ZERO_GRADIENT_SHARE:.0%} of the points)"
+            )
+        else:
+            flags["aa_zero_gradients"] = text
+    return flags
 
 
 def eps_monotonicity(

@@ -21,12 +21,13 @@ LEGEND = [
     "",
     "- One table per suite, threat model, evaluation protocol and compute budget; rows of "
     "different protocols or budgets are never ranked together.",
-    "- **control** (`dense-ft`): the dense model adversarially fine-tuned with the same budget, "
-    "rate and schedule every method gets. Compression costs what a row loses against it.",
+    "- **control** (`dense-ft`): the dense model adversarially fine-tuned with the budget and "
+    "schedule every method gets, its rate chosen by the same tuning rule. Compression costs what "
+    "a row loses against it.",
     "- **rank**: 1 + the number of rows the paired test finds significantly more robust "
     '("2=": several rows share rank 2). The test is the exact McNemar test on the evaluated '
-    "points, each seed paired with the same seed of the other row and the seeds pooled, Holm-"
-    "corrected over every pair of the ratio's rows (family-wise 5%).",
+    "points, each seed paired with the same seed of the other row on the same points and the "
+    "seeds pooled, Holm-corrected over every pair of the ratio's rows (family-wise 5%).",
     "- **vs control**: mean AutoAttack difference to the control, with its Holm-adjusted p; "
     "**p vs top**: the same test against the row with the highest mean.",
     "- Accuracies are means over seeds, in %; clean accuracy is on the evaluated points; "
