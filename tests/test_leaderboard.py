@@ -255,7 +255,11 @@ def test_holm_and_the_detectable_difference():
 
 
 def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
-    records = [make_record("magnitude", 4, seed=s, aa=a) for s, a in [(0, 40), (1, 50), (2, 60)]]
+    # two seeds with rank-deficient layers (2 and 3 of them): counted as seeds, not layers
+    records = [
+        make_record("magnitude", 4, seed=s, aa=a, singular=k)
+        for s, a, k in [(0, 40, 2), (1, 50, 0), (2, 60, 3)]
+    ]
     records.append(make_record("hydra", 4, seed=0, aa=45))
     md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
     (rows,) = tables(md_path.read_text()).values()
@@ -266,7 +270,9 @@ def test_seeds_of_one_configuration_collapse_to_mean_and_std(tmp_path):
     lo, hi = wilson_interval(150, 300)  # pooled over the three seeds' points
     assert magnitude["95% CI"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
     (second,) = tables(md_path.read_text(), which=1).values()
-    assert next(r for r in second if r["method"] == "magnitude")["worst seed AA %"] == "40.0"
+    spectra = next(r for r in second if r["method"] == "magnitude")
+    assert spectra["worst seed AA %"] == "40.0"
+    assert spectra["κ max"] == "10 (singular in 2 of 3 seeds)"
     with open(tmp_path / "out" / "leaderboard.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["method"] == "magnitude")
     assert float(row["autoattack"]) == pytest.approx(50.0)

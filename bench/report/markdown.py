@@ -124,13 +124,12 @@ def spectra_rows(table: pd.DataFrame) -> list[dict]:
     """The second table: what the ranking does not use, per row."""
     out = []
     for _, r in table.sort_values(["ratio", "method"]).iterrows():
-        singular = r["singular_layers"]
-        kappa = fmt(r["cond_max"], ".3g")
-        if singular and not math.isnan(singular) and singular > 0:
+        kappa, singular = fmt(r["cond_max"], ".3g"), r["singular_seeds"]
+        if singular:  # a layer numerically rank-deficient: kappa is over its numerical rank
             kappa += (
-                f" ({round(singular)} of {r['n_seeds']} singular)"
+                f" (singular in {singular} of {r['n_seeds']} seeds)"
                 if r["n_seeds"] > 1
-                else (" (singular)")
+                else " (singular)"
             )
         out.append(
             {

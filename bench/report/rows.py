@@ -145,6 +145,7 @@ def aggregate(records: list[dict], skipped: list[str]) -> pd.DataFrame:
             values = g[k].dropna()
             row[k] = values.mean() if len(values) else None
             row[f"{k}_std"] = values.std() if len(values) > 1 else None
+        row["singular_seeds"] = int((g["singular_layers"].fillna(0) > 0).sum())
         row["autoattack_min"], row["autoattack_max"] = g["autoattack"].min(), g["autoattack"].max()
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"]))
         row["n_seeds"] = len(g)
