@@ -240,6 +240,17 @@ def test_rows_evaluated_on_different_points_are_never_paired(tmp_path):
     assert [(r["method"], r["rank"]) for r in rows] == [("hydra", "1"), ("magnitude", "2")]
 
 
+def test_the_difference_to_the_control_is_taken_on_the_seeds_both_rows_have(tmp_path):
+    """A row evaluated on seed 0 only is compared with the control's seed 0, not with the mean of
+    the control's three seeds: the shown difference is the paired test's own."""
+    records = [make_record("dense-ft", 1, seed=s, aa=a) for s, a in [(0, 60), (1, 40), (2, 41)]]
+    records.append(make_record("hydra", 4, seed=0, aa=55))
+    md_path, _ = build([write(tmp_path / "in", records)], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    hydra = next(r for r in rows if r["method"].startswith("hydra"))
+    assert hydra["vs control"].startswith("-5.0 (p ")  # 55 - 60 on seed 0; the means give +8.0
+
+
 def test_holm_and_the_detectable_difference():
     from rbench.report import paired
 

@@ -28,8 +28,9 @@ LEGEND = [
     '("2=": several rows share rank 2). The test is the exact McNemar test on the evaluated '
     "points, each seed paired with the same seed of the other row on the same points and the "
     "seeds pooled, Holm-corrected over every pair of the ratio's rows (family-wise 5%).",
-    "- **vs control**: mean AutoAttack difference to the control, with its Holm-adjusted p; "
-    "**p vs top**: the same test against the row with the highest mean.",
+    "- **vs control**: the AutoAttack difference to the control on the seeds both rows have "
+    "(the paired points; a row with fewer seeds than the control is compared on those), with "
+    "its Holm-adjusted p; **p vs top**: the same test against the row with the highest mean.",
     "- Accuracies are means over seeds, in %; clean accuracy is on the evaluated points; "
     "AutoAttack carries the Wilson 95% interval of all seeds' points pooled.",
     "- Marks: **unreliable** (a gradient-masking check fired), **over budget**, **collapsed** "
@@ -98,7 +99,7 @@ def ratio_block(rows: pd.DataFrame, control: pd.Series | None) -> tuple[list[dic
         vs_control = paired.lookup(tests, name, "control") if name != "control" else None
         vs_top = paired.lookup(tests, name, top) if name not in ("control", top) else None
         delta = (
-            f"{r['autoattack'] - control['autoattack']:+.1f} (p {p_text(vs_control['p_holm'])})"
+            f"{paired.paired_difference(vs_control):+.1f} (p {p_text(vs_control['p_holm'])})"
             if vs_control is not None
             else ""
         )

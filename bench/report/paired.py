@@ -42,13 +42,14 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
 
 def stratified(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """The pooled exact test over seeds: pairs = [(A's bits, B's bits) for each shared seed]."""
-    a_only = b_only = 0
+    a_only = b_only = points = 0
     for a, b in pairs:
         x, y = discordant(a, b)
-        a_only, b_only = a_only + x, b_only + y
+        a_only, b_only, points = a_only + x, b_only + y, points + len(a)
     return {
         "a_only": a_only,
         "b_only": b_only,
+        "points": points,  # (a_only - b_only) / points: A's accuracy minus B's on the pairs
         "p": mcnemar_exact(a_only, b_only),
         "seeds": len(pairs),
     }
@@ -89,6 +90,13 @@ def lookup(tests: dict, a: str, b: str) -> dict | None:
         t = tests[(b, a)]
         return {**t, "a_only": t["b_only"], "b_only": t["a_only"]}
     return None
+
+
+def paired_difference(test: dict) -> float:
+    """A's robust accuracy minus B's, in points of %, on the strata the test pairs (for several
+    seeds the mean over the shared seeds, which a difference of the rows' means is not when one
+    row has seeds the other lacks)."""
+    return 100 * (test["a_only"] - test["b_only"]) / max(test["points"], 1)
 
 
 def better(test: dict | None, alpha: float = ALPHA) -> bool:
