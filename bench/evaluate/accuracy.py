@@ -219,15 +219,13 @@ def merge_autoattack_flags(parts: list[dict[str, str]], n: int) -> dict[str, str
     over the chunks and are graded by their share of the n points (ZERO_GRADIENT_SHARE)."""
     flags: dict[str, str] = {}
     zero, unparsed = 0, None
-    for part in parts:
-        for name, message in part.items():
-            found = _ZERO_GRADIENT_COUNT.search(message) if name == "aa_zero_gradients" else None
-            if found:
-                zero += int(found[1])
-            elif name == "aa_zero_gradients":
-                unparsed = message  # no count to grade: kept as pyautoattack said it
-            else:
-                flags[name] = message
+    for name, message in (item for part in parts for item in part.items()):
+        if name != "aa_zero_gradients":
+            flags[name] = message
+        elif (count := _zero_gradient_count(message)) < 0:
+            unparsed = message  # no count to grade: kept as pyautoattack said it
+        else:
+            zero += count
     if unparsed is not None:
         flags["aa_zero_gradients"] = unparsed
     elif zero:

@@ -49,7 +49,7 @@ def _missing(value) -> bool:
 
 
 def fmt(value, spec: str = ".1f") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "n/a"
     return format(value, spec)
 
