@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +317,31 @@ def test_record_text_cannot_break_the_one_line_output():
     for record in (evil_name, long_value):
         problems = val.record_problems(record)
         assert problems and all(p.isprintable() and len(p) <= val.MAX_LINE for p in problems)
+
+
+def test_records_of_one_dense_stage_must_share_the_dense_model(tmp_path):
+    """A planted retrain: a second record of the same dense stage whose dense weights differ."""
+    first, same, other = valid_record(), valid_record(), valid_record()
+    same["method"]["name"] = other["method"]["name"] = "hydra"  # other entries of the same seed
+    other["hashes"]["dense"] = "f" * 64
+    for name, record in (("a", first), ("b", same)):
+        _write(tmp_path / f"{name}.json", json.dumps(record))
+    assert all(p == [] for p in val.validate_paths([tmp_path]).values())
+
+    _write(tmp_path / "c.json", json.dumps(other))
+    results = {path.name: problems for path, problems in val.validate_paths([tmp_path]).items()}
+    stage = first["hashes"]["dense_stage_key"]
+    assert results["c.json"] == [
+        f"hashes: dense model ffffffffffff differs from {first['hashes']['dense'][:12]} in other"
+        f" records of dense stage {stage}: their paired comparisons would mix dense models"
+    ]
+    assert len(results["a.json"]) == len(results["b.json"]) == 1
+    assert "differs from ffffffffffff" in results["a.json"][0]
+
+
+def test_every_committed_leaderboard_record_is_valid():
+    """The committed board's records pass every check, the cross-record ones included."""
+    entries = Path(__file__).resolve().parents[1] / "leaderboard" / "entries"
+    results = val.validate_paths([entries])
+    assert len(results) >= 70
+    assert {str(path): problems for path, problems in results.items() if problems} == {}

@@ -349,6 +349,7 @@ def validate_paths(
 ) -> dict[Path, list[str]]:
     """{file: its problems} for every record file under `paths` (an empty list: valid)."""
     results: dict[Path, list[str]] = {}
+    valid: dict[Path, dict] = {}
     for path, early in record_files(paths):
         if early:
             results[path] = early
@@ -357,4 +358,34 @@ def validate_paths(
         results[path] = (
             problems if record is None else record_problems(record, path, require_protocol)
         )
+        if record is not None and not results[path]:
+            valid[path] = record
+    for path, problem in _dense_model_problems(valid):
+        results[path].append(problem)
     return results
+
+
+def _dense_model_problems(records: dict[Path, dict]) -> Iterator[tuple[Path, str]]:
+    """Records of one dense stage (one suite, recipe and seed) must start from one dense model.
+
+    The board pairs every entry of a seed with that seed's control, which is only a comparison of
+    methods if they all compressed the same weights; a dense model retrained to other weights
+    (another machine, a nondeterministic kernel) under the same stage key would break it silently.
+    """
+    weights: dict[str, dict[str, list[Path]]] = {}
+    for path, record in records.items():
+        h = record["hashes"]
+        weights.setdefault(h["dense_stage_key"], {}).setdefault(h["dense"], []).append(path)
+    for stage_key, by_hash in weights.items():
+        if len(by_hash) < 2:
+            continue
+        for digest, paths in by_hash.items():
+            others = ", ".join(d[:12] for d in sorted(by_hash) if d != digest)
+            for path in paths:
+                yield (
+                    path,
+                    (
+                        f"hashes: dense model {digest[:12]} differs from {others} in other records of"
+                        f" dense stage {stage_key}: their paired comparisons would mix dense models"
+                    ),
+                )
