@@ -318,6 +318,27 @@ def test_different_protocols_suites_threats_and_budgets_never_share_a_table(tmp_
     assert len(data["groups"]) == 5
 
 
+def test_a_record_from_another_dense_model_is_skipped_not_paired(tmp_path):
+    """A planted retrain: one record of the seed's dense stage compressed other dense weights.
+    The board keeps the stage's majority and skips the stray record, naming why; a tie (no
+    majority) skips the whole stage rather than pick one."""
+    stray = make_record("radmm", 4, aa=70)
+    stray["hashes"]["dense"] = "e" * 64
+    good = [make_record("magnitude", 4, aa=40), make_record("hydra", 4, aa=45), stray]
+    loaded = load_records([write(tmp_path / "in", good)])
+    assert sorted(r["method"]["name"] for r in loaded.records) == ["hydra", "magnitude"]
+    (line,) = loaded.skipped
+    assert "radmm" in line and "dense model eeeeeeeeeeee" in line and "mix dense models" in line
+    md_path, _ = build([tmp_path / "in"], tmp_path / "out", plots=False)
+    (rows,) = tables(md_path.read_text()).values()
+    assert sorted(r["method"] for r in rows) == ["hydra", "magnitude"]
+
+    rival = make_record("sparse-robust", 4, aa=50)
+    rival["hashes"]["dense"] = "e" * 64
+    loaded = load_records([write(tmp_path / "in", [rival])])  # two against two
+    assert loaded.records == [] and len(loaded.skipped) == 4
+
+
 def test_bad_records_are_skipped_with_one_line_each(tmp_path):
     root = write(tmp_path / "in", [make_record("magnitude", 4, aa=40)])
     bad = root / "digits" / "bad"

@@ -64,7 +64,36 @@ def load_records(dirs: list[Path]) -> Loaded:
             seen[record["run_id"]] = path
             record["_path"], record["_row"] = str(path), row
             out.records.append(record)
+    _skip_mixed_dense_models(out)
     return out
+
+
+def _skip_mixed_dense_models(out: Loaded) -> None:
+    """Within one dense stage keep only the records of its most common dense model.
+
+    The board pairs every entry of a seed with that seed's control, so all of them must have
+    compressed one set of dense weights (`rbench validate` rejects the mix outright). A record
+    whose dense model differs from the stage's majority is skipped, so one stray file cannot
+    knock the committed records out; a tie leaves no majority and skips the whole stage.
+    """
+    by_stage: dict[str, dict[str, list[dict]]] = {}
+    for record in out.records:
+        h = record["hashes"]
+        by_stage.setdefault(h["dense_stage_key"], {}).setdefault(h["dense"], []).append(record)
+    dropped: set[int] = set()
+    for stage, by_hash in by_stage.items():
+        sizes = sorted((len(rs) for rs in by_hash.values()), reverse=True)
+        tie = len(sizes) > 1 and sizes[0] == sizes[1]
+        for digest, records in by_hash.items():
+            if len(records) == sizes[0] and not tie:
+                continue
+            for record in records:
+                dropped.add(id(record))
+                out.skipped.append(
+                    f"{record['_path']}: dense model {digest[:12]} is not the one most records of"
+                    f" dense stage {stage} compressed; pairing it with them would mix dense models"
+                )
+    out.records = [r for r in out.records if id(r) not in dropped]
 
 
 def _default_budget(suite: str) -> float | None:
