@@ -25,7 +25,7 @@ from rbench.report import html, markdown
 from rbench.report.rows import CONTROL, GROUP, aggregate, record_row
 from rbench.report.validate import load_record_file
 from rbench.store.cache import atomic_write_json, atomic_write_text
-from rbench.store.records import validate_record
+from rbench.store.records import dense_models_by_stage, validate_record
 
 ENTRIES = Path("leaderboard/entries")
 DROP = ["bits", "curve_eps", "curve_mean"]  # per-point data: in the records, not in the CSV
@@ -76,10 +76,7 @@ def _skip_mixed_dense_models(out: Loaded) -> None:
     whose dense model differs from the stage's majority is skipped, so one stray file cannot
     knock the committed records out; a tie leaves no majority and skips the whole stage.
     """
-    by_stage: dict[str, dict[str, list[dict]]] = {}
-    for record in out.records:
-        h = record["hashes"]
-        by_stage.setdefault(h["dense_stage_key"], {}).setdefault(h["dense"], []).append(record)
+    by_stage = dense_models_by_stage((record, record) for record in out.records)
     dropped: set[int] = set()
     for stage, by_hash in by_stage.items():
         sizes = sorted((len(rs) for rs in by_hash.values()), reverse=True)

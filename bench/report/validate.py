@@ -31,7 +31,7 @@ from rbench.core.suites import SUITES
 from rbench.evaluate.accuracy import UNRELIABLE, wilson_interval
 from rbench.store.cache import content_hash
 from rbench.store.points import record_points
-from rbench.store.records import schema_errors
+from rbench.store.records import dense_models_by_stage, schema_errors
 from rbench.store.safejson import UnsafeJSON, parse_data
 
 MAX_BYTES = 16 * 1024 * 1024  # a real record is tens of kilobytes
@@ -372,10 +372,7 @@ def _dense_model_problems(records: dict[Path, dict]) -> Iterator[tuple[Path, str
     methods if they all compressed the same weights; a dense model retrained to other weights
     (another machine, a nondeterministic kernel) under the same stage key would break it silently.
     """
-    weights: dict[str, dict[str, list[Path]]] = {}
-    for path, record in records.items():
-        h = record["hashes"]
-        weights.setdefault(h["dense_stage_key"], {}).setdefault(h["dense"], []).append(path)
+    weights = dense_models_by_stage(records.items())
     for stage_key, by_hash in weights.items():
         if len(by_hash) < 2:
             continue

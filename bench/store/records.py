@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import jsonschema
 
@@ -16,6 +17,8 @@ from rbench.core.errors import RbenchError
 from rbench.store.cache import atomic_write_json, content_hash
 from rbench.store.points import BASE64, ENCODING, POINT_KINDS
 from rbench.store.provenance import environment
+
+K = TypeVar("K")
 
 SCHEMA_ID = "rbench.record/2"
 NUMBER_TEXT = r"^\s*[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"  # a ratio as typed
@@ -337,3 +340,17 @@ def record_path(results_dir: Path, record: dict) -> Path:
 
 def write_record(path: Path, record: dict) -> None:
     atomic_write_json(path, record)
+
+
+def dense_models_by_stage(records: Iterable[tuple[K, dict]]) -> dict[str, dict[str, list[K]]]:
+    """{dense stage key: {dense model sha256: [keys of the records that compressed it]}}.
+
+    Every record of one dense stage (suite, recipe, seed) must have compressed one set of dense
+    weights for the board's pairing to compare methods; `rbench validate` reports a stage with
+    several, the leaderboard keeps its majority. Both read this one grouping.
+    """
+    stages: dict[str, dict[str, list[K]]] = {}
+    for key, record in records:
+        h = record["hashes"]
+        stages.setdefault(h["dense_stage_key"], {}).setdefault(h["dense"], []).append(key)
+    return stages
